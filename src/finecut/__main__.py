@@ -1,0 +1,3 @@
+from finecut.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""finecut.layers."""
