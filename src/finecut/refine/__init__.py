@@ -1,0 +1,1 @@
+"""Continuous refinement of a coarse mask at any resolution (CRM)."""
