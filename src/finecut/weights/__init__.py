@@ -1,1 +1,73 @@
-"""finecut.weights."""
+"""Embedded default weights, loaded from the package and checked by sha256.
+
+Each model ships as ``<name>.safetensors`` beside a ``<name>.json`` manifest holding the file's
+sha256, the model config and where the weights came from (training command, data, steps). A missing
+or corrupted file is a :class:`finecut.WeightsError` with a clear message, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from finecut.errors import WeightsError
+
+__all__ = ["WEIGHTS_DIR", "load_manifest", "load_state_dict", "sha256_file", "write_weights"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(name: str, directory: Path = WEIGHTS_DIR) -> dict:
+    path = Path(directory) / f"{name}.json"
+    if not path.is_file():
+        raise WeightsError(
+            f"no embedded weights named {name!r}: {path} is missing (reinstall finecut, or pass "
+            "your own weights file)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"weights manifest {path} cannot be read: {exc}") from None
+
+
+def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict:
+    """Load a safetensors state dict, verifying its sha256 first when one is given."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} not found")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise WeightsError(
+                f"weights file {str(path)!r} is corrupt: sha256 {actual[:12]}... does not match the "
+                f"recorded {expected_sha256[:12]}... (reinstall finecut)"
+            )
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several types on bad headers
+        raise WeightsError(f"weights file {str(path)!r} cannot be read: {exc}") from None
+
+
+def write_weights(state_dict: dict, name: str, manifest: dict, directory: Path = WEIGHTS_DIR) -> Path:
+    """Save ``state_dict`` as ``<name>.safetensors`` and its manifest with the sha256."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.safetensors"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(path))
+    manifest = dict(manifest, file=path.name, sha256=sha256_file(path))
+    (directory / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return path

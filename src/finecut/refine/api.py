@@ -1,0 +1,201 @@
+"""One-call mask refinement: ``finecut.refine(image, mask)`` and the ``Refiner`` that keeps a model.
+
+Example:
+    >>> import finecut
+    >>> crisp = finecut.refine(image, rough_mask)            # uint8 0/255, full resolution
+    >>> refiner = finecut.Refiner(device="cuda")              # keep the model loaded
+    >>> alpha = refiner.refine(image, rough_mask, soft=True)  # float32 probability in [0, 1]
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finecut.errors import ImageError, WeightsError
+from finecut.models.crm import CRM, CRMConfig
+from finecut.refine.inference import InferenceConfig, refine_probability
+from finecut.weights import WEIGHTS_DIR, load_manifest, load_state_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_WEIGHTS", "Refiner", "as_rgb", "as_mask", "load_refiner_model", "refine"]
+
+DEFAULT_WEIGHTS = "crm_lite0"
+
+
+def load_refiner_model(weights: str | Path | None = None, device: torch.device | str = "cpu") -> CRM:
+    """Build a CRM with trained weights.
+
+    Args:
+        weights: ``None`` for the embedded default, a name of embedded weights, a
+            ``.safetensors`` file with a ``.json`` manifest beside it, or a training checkpoint
+            (``.pt``) written by ``finecut train refine``.
+    """
+    if weights is None or (isinstance(weights, str) and not Path(weights).suffix):
+        name = weights or DEFAULT_WEIGHTS
+        manifest = load_manifest(name)
+        path = WEIGHTS_DIR / manifest["file"]
+        state = load_state_dict(path, manifest["sha256"])
+        config = CRMConfig.from_dict(manifest["config"])
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"weights file {str(path)!r} not found")
+        if path.suffix == ".safetensors":
+            manifest_path = path.with_suffix(".json")
+            if not manifest_path.is_file():
+                raise WeightsError(f"{path.name} needs its manifest {manifest_path.name} beside it")
+            manifest = load_manifest(path.stem, path.parent)
+            state = load_state_dict(path, manifest.get("sha256"))
+            config = CRMConfig.from_dict(manifest["config"])
+        else:
+            from finecut.train.common import load_checkpoint
+
+            ckpt = load_checkpoint(path)
+            if "model" not in ckpt or "config" not in ckpt:
+                raise WeightsError(f"{str(path)!r} is not a finecut refine checkpoint")
+            state = ckpt["model"]
+            config = CRMConfig.from_dict(ckpt["config"]["model"])
+    model = CRM(config, pretrained=False)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights {str(path)!r} do not fit the CRM model: {exc}") from None
+    return model.to(device).eval()
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Accept (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8/uint16/float/bool; return uint8 RGB.
+
+    Rules: uint16 is divided by 257; floats are taken as [0, 1]; alpha is dropped (composite before
+    calling if the colour under transparent pixels is meaningless); grey is replicated.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ImageError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+    elif image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ImageError("image contains NaN or infinite values")
+        image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        raise ImageError(f"image dtype {image.dtype} is not supported (use uint8, uint16 or float)")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def as_mask(mask: np.ndarray) -> np.ndarray:
+    """Binarise a mask: bool as is; uint8 > 127; uint16 > 32767; float >= 0.5. Returns bool (H, W)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ImageError(f"mask must be (H, W), got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype == np.uint8:
+        return mask > 127
+    if mask.dtype == np.uint16:
+        return mask > 32767
+    if mask.dtype.kind == "f":
+        return mask >= 0.5
+    if mask.dtype.kind in "iu":
+        return mask > 0
+    raise ImageError(f"mask dtype {mask.dtype} is not supported")
+
+
+class Refiner:
+    """Keeps a CRM model loaded and refines masks at any resolution.
+
+    Args:
+        device: "cpu", "cuda", "cuda:1", or None for CUDA when available.
+        weights: see :func:`load_refiner_model`.
+        config: inference settings (scales, band, tiles).
+        threads: torch CPU threads (None keeps torch's default).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        *,
+        weights: str | Path | None = None,
+        config: InferenceConfig | None = None,
+        threads: int | None = None,
+    ) -> None:
+        from finecut.train.common import resolve_device
+
+        self.device = resolve_device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.config = config or InferenceConfig()
+        self.model = load_refiner_model(weights, self.device)
+
+    def refine(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        *,
+        soft: bool = False,
+        full_query: bool | None = None,
+        progress=None,
+    ) -> np.ndarray:
+        """Refine ``mask`` for ``image`` at full resolution.
+
+        Args:
+            image: (H, W, 3) RGB (uint8, uint16 or float in [0, 1]; grey and RGBA accepted).
+            mask: (H, W) coarse mask (bool, uint8 > 127, or float >= 0.5 is foreground).
+            soft: return the float32 probability instead of a uint8 0/255 mask.
+            full_query: override the config's ``full_query`` (CRM's query-everything inference).
+
+        Returns:
+            (H, W) uint8 mask in {0, 255}, or float32 probability in [0, 1] if ``soft``.
+        """
+        rgb = as_rgb(image)
+        coarse = as_mask(mask)
+        if coarse.shape != rgb.shape[:2]:
+            h, w = rgb.shape[:2]
+            mh, mw = coarse.shape
+            raise ImageError(f"mask is {mw}x{mh} but image is {w}x{h} (width x height)")
+        cfg = self.config if full_query is None else replace(self.config, full_query=full_query)
+        ys, xs = np.nonzero(coarse)
+        if len(ys) == 0 or len(ys) == coarse.size:
+            warnings.warn(
+                f"the mask is {'empty' if len(ys) == 0 else 'full'}: nothing to refine, "
+                "returned unchanged",
+                stacklevel=2,
+            )
+            prob = coarse.astype(np.float32)
+        elif (ys.max() - ys.min() + 1) < cfg.min_object and (xs.max() - xs.min() + 1) < cfg.min_object:
+            log.info("object smaller than %d px: copied through", cfg.min_object)
+            prob = coarse.astype(np.float32)
+        else:
+            prob = refine_probability(self.model, rgb, coarse, cfg, device=self.device,
+                                      progress=progress)
+        if soft:
+            return prob
+        return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
+
+
+def refine(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    soft: bool = False,
+    weights: str | Path | None = None,
+    config: InferenceConfig | None = None,
+) -> np.ndarray:
+    """Refine a coarse mask in one call (loads the embedded model; use :class:`Refiner` to reuse it)."""
+    return Refiner(device, weights=weights, config=config).refine(image, mask, soft=soft)

@@ -1,0 +1,133 @@
+"""Pieces every training loop shares: distributed set-up, checkpoints, schedules, logging.
+
+``torchrun --nproc_per_node N -m finecut train ...`` runs data-parallel (DDP): gloo on CPU, NCCL on
+CUDA. A single process needs no launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DistInfo",
+    "JsonlLogger",
+    "cleanup_distributed",
+    "load_checkpoint",
+    "multistep_lr",
+    "resolve_device",
+    "save_checkpoint",
+    "setup_distributed",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" picks CUDA when available, else CPU; a bad name is a clear error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        from finecut.errors import ConfigError
+
+        raise ConfigError(f"invalid device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from finecut.errors import ConfigError
+
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def setup_distributed(device: torch.device) -> DistInfo:
+    """Initialise torch.distributed from torchrun's environment variables, if present."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically write a checkpoint (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    from finecut.errors import WeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {str(path)!r} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # corrupt or truncated checkpoint
+        raise WeightsError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+
+
+def multistep_lr(step: int, total: int, base_lr: float, milestones=(0.5, 0.83), gamma=0.1,
+                 warmup: int = 0) -> float:
+    """CRM's schedule: lr x ``gamma`` at each milestone fraction of ``total``, optional warm-up."""
+    lr = base_lr * (gamma ** sum(step >= m * total for m in milestones))
+    if warmup and step < warmup:
+        lr *= (step + 1) / warmup
+    return lr
+
+
+class JsonlLogger:
+    """Append one JSON object per line: a training curve that survives restarts (resume appends)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")

@@ -1,0 +1,172 @@
+"""``finecut train refine``: train the CRM refiner on a folder of binary masks.
+
+Recipe (METHODS.md section 4): random crops, coarse masks synthesised to a target IoU in
+U(0.8, 1.0), Adam (lr 2.25e-4, wd 1e-4), lr x0.1 at 50% and 83% of the iterations, loss BCE + L1 +
+L2 + L1 of Sobel gradients. Checkpoints are written atomically every ``ckpt_every`` steps and the
+run resumes from ``<out>/last.pt`` when it exists. The curve goes to ``<out>/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from finecut.models.crm import CRM, CRMConfig, CRMLossWeights, crm_loss
+from finecut.refine.perturb import PerturbConfig
+from finecut.train.common import (
+    JsonlLogger,
+    cleanup_distributed,
+    load_checkpoint,
+    multistep_lr,
+    resolve_device,
+    save_checkpoint,
+    setup_distributed,
+)
+from finecut.train.refine_data import MaskPairDataset, find_pairs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RefineTrainConfig", "train_refine"]
+
+
+@dataclass(frozen=True)
+class RefineTrainConfig:
+    data: str
+    out: str = "runs/refine"
+    stems: tuple[str, ...] | None = None
+    model: CRMConfig = field(default_factory=CRMConfig)
+    iters: int = 45_000
+    batch_size: int = 12
+    crop: int = 224
+    lr: float = 2.25e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    loss: CRMLossWeights = field(default_factory=CRMLossWeights)
+    workers: int = 2
+    seed: int = 0
+    device: str | None = None
+    ckpt_every: int = 250
+    log_every: int = 10
+    pretrained: bool = True
+    threads: int | None = None
+
+
+def _batches(loader: DataLoader, dataset: MaskPairDataset, start_epoch: int):
+    epoch = start_epoch
+    while True:
+        dataset.set_epoch(epoch)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1
+
+
+def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
+    """Train (or resume) a CRM refiner; returns the path of the final checkpoint."""
+    device = resolve_device(cfg.device)
+    info = setup_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + info.rank)
+
+    pairs = find_pairs(Path(cfg.data), list(cfg.stems) if cfg.stems else None)
+    dataset = MaskPairDataset(pairs, crop=cfg.crop, perturb=PerturbConfig(), seed=cfg.seed)
+    per_rank = max(1, cfg.batch_size // info.world_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+        if info.enabled
+        else RandomSampler(dataset, generator=generator)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+    model = CRM(cfg.model, pretrained=cfg.pretrained).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, epoch = 0, 0
+    last = out / "last.pt"
+    if last.exists():
+        state = load_checkpoint(last, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch = state["step"], state["epoch"] + 1
+        log.info("resumed from %s at step %d", last, step)
+    net = DistributedDataParallel(model) if info.enabled else model
+    scaler_enabled = device.type == "cuda"
+    logger = JsonlLogger(out / "log.jsonl", enabled=info.is_main)
+
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.iters, initial=step, unit="it", dynamic_ncols=True)
+    net.train()
+    t0, seen = time.time(), 0
+    try:
+        for epoch, (image, coarse, gt) in _batches(loader, dataset, epoch):
+            if step >= cfg.iters:
+                break
+            lr = multistep_lr(step, cfg.iters, cfg.lr, warmup=cfg.warmup)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            image, coarse, gt = (t.to(device, non_blocking=True) for t in (image, coarse, gt))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=scaler_enabled):
+                logits = net(image, coarse)
+            loss, terms = crm_loss(logits.float(), gt, cfg.loss)
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += image.shape[0] * info.world_size
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}")
+            if step % cfg.log_every == 0 or step == cfg.iters:
+                with torch.no_grad():
+                    pred = logits.detach() > 0
+                    inter = (pred & (gt > 0.5)).sum().item()
+                    union = (pred | (gt > 0.5)).sum().item()
+                    cinter = ((coarse > 0.5) & (gt > 0.5)).sum().item()
+                    cunion = ((coarse > 0.5) | (gt > 0.5)).sum().item()
+                logger.write({
+                    "step": step, "epoch": epoch, "lr": lr, "loss": float(loss), **terms,
+                    "iou": inter / max(union, 1), "coarse_iou": cinter / max(cunion, 1),
+                    "samples_per_s": seen / max(time.time() - t0, 1e-9),
+                    "time": time.time(),
+                })
+            if info.is_main and (step % cfg.ckpt_every == 0 or step == cfg.iters):
+                save_checkpoint(last, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "epoch": epoch, "config": _jsonable(cfg),
+                })
+    finally:
+        if bar is not None:
+            bar.close()
+        cleanup_distributed()
+    return last
+
+
+def _jsonable(cfg: RefineTrainConfig) -> dict:
+    data = asdict(cfg)
+    data["model"] = cfg.model.to_dict()
+    return data

@@ -1,0 +1,51 @@
+"""Pictures a person would rather look at than read: mask overlays and side-by-side panels."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["overlay_mask", "side_by_side"]
+
+
+def overlay_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    color: tuple[int, int, int] = (255, 64, 160),
+    alpha: float = 0.35,
+    outline: tuple[int, int, int] = (255, 255, 0),
+    thickness: int | None = None,
+) -> np.ndarray:
+    """Tint the foreground of ``mask`` over ``image`` and draw its outline.
+
+    Shape:
+        image: (H, W, 3) uint8; mask: (H, W) bool/uint8/float (>= half its range is foreground)
+        -> (H, W, 3) uint8.
+    """
+    image = np.asarray(image)
+    fg = mask > 127 if mask.dtype == np.uint8 else (mask >= 0.5 if mask.dtype.kind == "f" else mask)
+    fg = np.asarray(fg, dtype=bool)
+    if fg.shape != image.shape[:2]:
+        raise ValueError(f"mask shape {fg.shape} does not match image shape {image.shape[:2]}")
+    out = image.astype(np.float32)
+    out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color, np.float32)
+    out = out.round().astype(np.uint8)
+    if thickness is None:
+        thickness = max(1, round(max(image.shape[:2]) / 500))
+    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, outline, thickness, lineType=cv2.LINE_AA)
+    return out
+
+
+def side_by_side(panels: list[np.ndarray], *, height: int = 360, gap: int = 6) -> np.ndarray:
+    """Resize RGB panels to one height and put them in a row on a white background."""
+    rows = []
+    for p in panels:
+        p = np.asarray(p)
+        if p.ndim == 2:
+            p = np.repeat(p[..., None], 3, axis=2)
+        w = max(1, round(p.shape[1] * height / p.shape[0]))
+        rows.append(cv2.resize(p, (w, height), interpolation=cv2.INTER_AREA))
+        rows.append(np.full((height, gap, 3), 255, np.uint8))
+    return np.concatenate(rows[:-1], axis=1)
