@@ -1,22 +1,276 @@
-"""The `finecut` command line. Imports everything; imported by nothing."""
+"""The `finecut` command line. Imports everything; imported by nothing.
+
+Every user error (bad image, wrong mask size, missing weights, bad option) is one line on stderr
+and exit status 2; an interrupted run exits 130; a folder run where some files failed exits 1
+after finishing all the others.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import warnings
+from pathlib import Path
 
 from finecut import __version__
-from finecut.errors import FinecutError
+from finecut.errors import FinecutError, ImageError
 
 log = logging.getLogger("finecut")
 
 
+def _stems_arg(text: str) -> list[str]:
+    """'1-800' -> ['0001', ..., '0800']; 'a,b,c' -> ['a', 'b', 'c']; '@file' -> lines of file."""
+    if text.startswith("@"):
+        return [s.strip() for s in Path(text[1:]).read_text().splitlines() if s.strip()]
+    if "-" in text and "," not in text:
+        lo, hi = text.split("-", 1)
+        if lo.isdigit() and hi.isdigit():
+            width = max(len(lo), 4)
+            return [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+    return [s for s in text.split(",") if s]
+
+
+# ----------------------------------------------------------------------------------------- refine
+def _add_refine(sub) -> None:
+    p = sub.add_parser(
+        "refine",
+        help="refine a coarse mask to a crisp full-resolution mask (CRM)",
+        description="Refine a coarse binary mask of IMAGE at full resolution. IMAGE and --mask may "
+        "be files or folders (folder mode pairs files by stem).",
+    )
+    p.add_argument("image", type=Path, help="image file or folder of images")
+    p.add_argument("--mask", "-m", type=Path, required=True, help="coarse mask file or folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--soft", action="store_true", help="write the probability as 8-bit alpha")
+    p.add_argument("--overlay", type=Path, default=None,
+                   help="also write a picture of the result over the image (file, or folder in "
+                   "folder mode)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--resize-mask", action="store_true",
+                   help="resize a mask of another size to the image instead of failing")
+    p.add_argument("--weights", default=None, help="weights file (default: the embedded model)")
+    p.add_argument("--full-query", action="store_true",
+                   help="query every pixel at every scale (CRM's own inference; slower)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_refine)
+
+
+def _load_pair(image_path: Path, mask_path: Path, resize: bool):
+    import cv2
+
+    from finecut.data.io import read_image, read_mask
+
+    image = read_image(image_path)
+    h, w = image.shape[:2]
+    if resize:
+        mask = read_mask(mask_path)
+        if mask.shape != (h, w):
+            log.info("resizing mask %s from %dx%d to %dx%d", mask_path.name, mask.shape[1],
+                     mask.shape[0], w, h)
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    else:
+        try:
+            mask = read_mask(mask_path, shape=(h, w), image_path=image_path)
+        except ImageError as exc:
+            if "but image" in str(exc):
+                raise ImageError(f"{exc} (pass --resize-mask to resize it)") from None
+            raise
+    return image, mask
+
+
+def _refine_one(refiner, image_path: Path, mask_path: Path, out: Path, overlay: Path | None,
+                args) -> None:
+    from finecut.data.io import write_image, write_mask
+    from finecut.viz import overlay_mask
+
+    image, mask = _load_pair(image_path, mask_path, args.resize_mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = refiner.refine(image, mask, soft=args.soft)
+    for w in caught:
+        log.warning("%s: %s", image_path.name, w.message)
+    alpha = (result * 255.0).round().astype("uint8") if args.soft else result
+    protect = (image_path, mask_path)
+    write_mask(out, alpha, overwrite=args.overwrite, protect=protect)
+    if overlay is not None:
+        write_image(overlay, overlay_mask(image, alpha), overwrite=args.overwrite, protect=protect)
+
+
+def _cmd_refine(args) -> int:
+    from finecut.data.io import list_images, pair_by_stem
+    from finecut.refine import Refiner
+
+    if not args.image.exists():
+        raise ImageError(f"{str(args.image)!r} not found")
+    if not args.mask.exists():
+        raise ImageError(f"mask {str(args.mask)!r} not found")
+    folder = args.image.is_dir()
+    if folder != args.mask.is_dir():
+        raise ImageError("IMAGE and --mask must both be files or both be folders")
+    if not folder:
+        if args.output.exists() and not args.overwrite:
+            raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
+        if args.overlay is not None and args.overlay.exists() and not args.overwrite:
+            raise ImageError(f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)")
+        refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
+        _refine_one(refiner, args.image, args.mask, args.output, args.overlay, args)
+        log.info("wrote %s", args.output)
+        return 0
+
+    pairs, unmatched = pair_by_stem(args.image, args.mask)
+    if not pairs:
+        n = len(list_images(args.image))
+        raise ImageError(f"no image in {str(args.image)!r} has a mask of the same stem in "
+                         f"{str(args.mask)!r} ({n} images)")
+    for p in unmatched:
+        log.warning("no mask for %s: skipped", p.name)
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.overlay is not None:
+        args.overlay.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for img, msk in pairs:
+        out = args.output / f"{img.stem}.png"
+        if out.exists() and not args.overwrite:
+            continue
+        todo.append((img, msk, out))
+    skipped = len(pairs) - len(todo)
+    if skipped:
+        log.info("%d outputs already exist and are kept (pass --overwrite to redo them)", skipped)
+    if not todo:
+        return 0
+    refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
+    failures: list[tuple[str, str]] = []
+    from tqdm import tqdm
+
+    for img, msk, out in tqdm(todo, unit="img", disable=not sys.stderr.isatty()):
+        overlay = args.overlay / f"{img.stem}.png" if args.overlay is not None else None
+        try:
+            _refine_one(refiner, img, msk, out, overlay, args)
+        except FinecutError as exc:
+            failures.append((img.name, str(exc)))
+            log.error("%s", exc)
+    done = len(todo) - len(failures)
+    log.info("refined %d of %d images into %s", done, len(todo), args.output)
+    if failures:
+        print(f"finecut: {len(failures)} of {len(todo)} images failed:", file=sys.stderr)
+        for name, msg in failures:
+            print(f"  {name}: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ train
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    r = tsub.add_parser("refine", help="train the CRM refiner on a folder with images/ and masks/",
+                        description="Train the CRM refiner. Resumes from OUT/last.pt if present. "
+                        "Multi-GPU: torchrun --nproc_per_node N -m finecut train refine ...")
+    r.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    r.add_argument("--out", type=Path, default=Path("runs/refine"), help="run folder")
+    r.add_argument("--stems", type=_stems_arg, default=None,
+                   help="which files: '1-800', 'a,b,c' or '@list.txt' (default: all)")
+    r.add_argument("--iters", type=int, default=45_000)
+    r.add_argument("--batch-size", type=int, default=12)
+    r.add_argument("--crop", type=int, default=224)
+    r.add_argument("--lr", type=float, default=2.25e-4)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default=None)
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--ckpt-every", type=int, default=250)
+    r.add_argument("--no-pretrained", action="store_true", help="random encoder init (tests)")
+    r.add_argument("--latent-channels", type=int, default=None)
+    r.set_defaults(func=_cmd_train_refine)
+
+
+def _cmd_train_refine(args) -> int:
+    from dataclasses import replace
+
+    from finecut.models.crm import CRMConfig
+    from finecut.train.refine import RefineTrainConfig, train_refine
+
+    model = CRMConfig()
+    if args.latent_channels:
+        model = replace(model, latent_channels=args.latent_channels)
+    cfg = RefineTrainConfig(
+        data=str(args.data), out=str(args.out),
+        stems=tuple(args.stems) if args.stems else None, model=model, iters=args.iters,
+        batch_size=args.batch_size, crop=args.crop, lr=args.lr, workers=args.workers,
+        seed=args.seed, device=args.device, ckpt_every=args.ckpt_every,
+        pretrained=not args.no_pretrained, threads=args.threads,
+    )
+    last = train_refine(cfg, progress=sys.stderr.isatty())
+    log.info("checkpoint: %s", last)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- eval
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="measure a model against ground truth")
+    esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    r = esub.add_parser("refine", help="IoU and mBA of coarse masks and each refinement method",
+                        description="Evaluate refinement on a folder with images/ and masks/ "
+                        "(ground truth). Coarse inputs come from --coarse (a folder of masks, "
+                        "paired by stem) or are synthesised from the ground truth with a fixed seed.")
+    r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--coarse", type=Path, default=None, help="folder of coarse masks")
+    r.add_argument("--stems", type=_stems_arg, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--methods", default="finecut",
+                   help="comma list of: finecut, finecut-full, guided, matting (default: finecut)")
+    r.add_argument("--upscale", type=float, default=1.0,
+                   help="resize images (Lanczos) and masks by this factor first")
+    r.add_argument("--device", default=None)
+    r.add_argument("--weights", default=None)
+    r.add_argument("--threads", type=int, default=None)
+    r.set_defaults(func=_cmd_eval_refine)
+
+
+def _cmd_eval_refine(args) -> int:
+    from finecut.refine.evaluate import evaluate_refine, format_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = evaluate_refine(
+        args.data, methods=methods, coarse_dir=args.coarse, stems=args.stems, seed=args.seed,
+        upscale=args.upscale, device=args.device, weights=args.weights, threads=args.threads,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_table(rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="refine a deliberately coarse mask of a sample photo")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_out"))
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from finecut.demo import run_demo
+
+    paths = run_demo(args.output, device=args.device)
+    print("finecut demo: refined a coarse mask of scikit-image's 'astronaut' photo")
+    for name, path in paths.items():
+        print(f"  {name:<8} {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finecut", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="finecut", description="Segmentation that gets the details right."
+    )
     parser.add_argument("--version", action="version", version=f"finecut {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_refine(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -33,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FinecutError as exc:
         print(f"finecut: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"finecut: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("finecut: error: out of memory (try a smaller image or --device cpu)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("finecut: interrupted", file=sys.stderr)

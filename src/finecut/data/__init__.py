@@ -1,1 +1,32 @@
-"""finecut.data."""
+"""finecut.data: robust image and mask I/O (datasets and transforms live in their own modules).
+
+Importing this package is light (numpy and PIL only; no torch).
+"""
+
+from __future__ import annotations
+
+from finecut.data.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    IMAGE_WRITE_EXTENSIONS,
+    MASK_WRITE_EXTENSIONS,
+    list_images,
+    pair_by_stem,
+    read_image,
+    read_mask,
+    write_image,
+    write_mask,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "IMAGE_WRITE_EXTENSIONS",
+    "MASK_WRITE_EXTENSIONS",
+    "list_images",
+    "pair_by_stem",
+    "read_image",
+    "read_mask",
+    "write_image",
+    "write_mask",
+]

@@ -29,7 +29,8 @@ from finecut.train.common import (
     save_checkpoint,
     setup_distributed,
 )
-from finecut.train.refine_data import MaskPairDataset, find_pairs
+from finecut.data.folders import find_pairs
+from finecut.train.refine_data import MaskPairDataset
 
 log = logging.getLogger(__name__)
 

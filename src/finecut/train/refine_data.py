@@ -10,31 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from finecut.data.io import read_image, read_mask
-from finecut.errors import ImageError
 from finecut.refine.perturb import PerturbConfig, perturb_mask
 
-__all__ = ["MaskPairDataset", "find_pairs"]
-
-
-def find_pairs(root: Path, stems: list[str] | None = None) -> list[tuple[Path, Path]]:
-    """(image, mask) file pairs of a folder with ``images/`` and ``masks/``, paired by stem."""
-    root = Path(root)
-    img_dir, mask_dir = root / "images", root / "masks"
-    if not img_dir.is_dir() or not mask_dir.is_dir():
-        raise ImageError(f"{str(root)!r} must contain 'images/' and 'masks/' folders")
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in (".png", ".bmp", ".tif")}
-    images = {
-        p.stem: p
-        for p in img_dir.iterdir()
-        if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-    }
-    keys = sorted(set(images) & set(masks)) if stems is None else list(stems)
-    missing = [k for k in keys if k not in images or k not in masks]
-    if missing:
-        raise ImageError(f"no image/mask pair for stems {missing[:5]} in {str(root)!r}")
-    if not keys:
-        raise ImageError(f"no image/mask pairs found in {str(root)!r}")
-    return [(images[k], masks[k]) for k in keys]
+__all__ = ["MaskPairDataset"]
 
 
 class MaskPairDataset(Dataset):
