@@ -110,7 +110,7 @@ def _query_band(
         cx = ((xs[sl] + 0.5) * sx - x0) * (2.0 / pw) - 1.0
         coords = torch.from_numpy(np.stack([cy, cx], axis=-1).astype(np.float32)).to(device)
         coords = coords.unsqueeze(0)
-        logits = model.query(cell_feat, coords, cell.expand_as(coords))
+        logits = model.query(cell_feat, coords, cell.expand_as(coords), msk)
         out[sl] = torch.sigmoid(logits[0].float()).cpu().numpy()
     return out
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
@@ -57,6 +58,11 @@ class RefineTrainConfig:
     log_every: int = 10
     pretrained: bool = True
     threads: int | None = None
+    # share of batches whose input is encoded at a lower resolution (a side of crop / r, r drawn
+    # from lowres_factor, rounded to a multiple of 32) while the loss is taken on the full crop:
+    # the head then meets the query cell sizes of the coarse inference scales.
+    lowres_prob: float = 0.5
+    lowres_factor: tuple[float, float] = (1.25, 3.0)
 
 
 def _batches(loader: DataLoader, dataset: MaskPairDataset, start_epoch: int):
@@ -129,10 +135,11 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
             for group in opt.param_groups:
                 group["lr"] = lr
             image, coarse, gt = (t.to(device, non_blocking=True) for t in (image, coarse, gt))
+            image_in, coarse_in = _lowres_input(image, coarse, step, cfg)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=scaler_enabled):
-                logits = net(image, coarse)
+                logits = net(image_in, coarse_in, out_size=tuple(gt.shape[-2:]))
             loss, terms = crm_loss(logits.float(), gt, cfg.loss)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {float(loss)} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,7 +148,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
             seen += image.shape[0] * info.world_size
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             if step % cfg.log_every == 0 or step == cfg.iters:
                 with torch.no_grad():
                     pred = logits.detach() > 0
@@ -150,7 +157,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
                     cinter = ((coarse > 0.5) & (gt > 0.5)).sum().item()
                     cunion = ((coarse > 0.5) | (gt > 0.5)).sum().item()
                 logger.write({
-                    "step": step, "epoch": epoch, "lr": lr, "loss": float(loss), **terms,
+                    "step": step, "epoch": epoch, "lr": lr, "loss": loss.item(), **terms,
                     "iou": inter / max(union, 1), "coarse_iou": cinter / max(cunion, 1),
                     "samples_per_s": seen / max(time.time() - t0, 1e-9),
                     "time": time.time(),
@@ -165,6 +172,22 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
             bar.close()
         cleanup_distributed()
     return last
+
+
+def _lowres_input(image: torch.Tensor, coarse: torch.Tensor, step: int, cfg: RefineTrainConfig):
+    """With probability ``lowres_prob`` (seeded by step), the batch's input at a lower resolution."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    if cfg.lowres_prob <= 0 or float(torch.rand((), generator=g)) >= cfg.lowres_prob:
+        return image, coarse
+    lo, hi = cfg.lowres_factor
+    r = lo + (hi - lo) * float(torch.rand((), generator=g))
+    h, w = image.shape[-2:]
+    size = (max(64, round(h / r / 32) * 32), max(64, round(w / r / 32) * 32))
+    if size == (h, w):
+        return image, coarse
+    image_in = F.interpolate(image, size=size, mode="area")
+    coarse_in = (F.interpolate(coarse, size=size, mode="area") > 0.5).to(coarse.dtype)
+    return image_in, coarse_in
 
 
 def _jsonable(cfg: RefineTrainConfig) -> dict:
