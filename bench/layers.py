@@ -140,16 +140,22 @@ def bench_pool(
 
 
 # --------------------------------------------------------------------------------------------
-# spatial propagation (placeholder)
+# spatial propagation: the measurement lives in bench/spn.py (which also has the scan-layout study)
 # --------------------------------------------------------------------------------------------
 
 
 def bench_spn(repeats: int = 15) -> list[Row]:
-    """PLACEHOLDER for the lead: benchmark of the spatial propagation layer (METHODS.md section 2).
+    """SpatialPropagation (four directions) on (1, 32, 256, 256) and (4, 32, 512, 512), CPU.
 
-    Expected to return rows in the same form as :func:`bench_pool`.
+    Rows: shape, op, median ms and the ratio to a plain copy of the same bytes (see bench/spn.py).
     """
-    raise NotImplementedError("bench_spn is a placeholder: the SPN benchmark is not written yet")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from spn import bench_spn as _bench_spn
+
+    return _bench_spn(repeats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,13 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         print()
     if args.only in ("spn", "all"):
         print("## Spatial propagation\n")
-        try:
-            rows = bench_spn(args.repeats)
-        except NotImplementedError as err:
-            print(f"(skipped: {err})\n")
-        else:
-            print(_markdown(rows, list(rows[0])) if rows else "(no rows)")
-            print()
+        rows = bench_spn(min(args.repeats, 5))
+        print(_markdown(rows, list(rows[0])))
+        print()
 
 
 if __name__ == "__main__":

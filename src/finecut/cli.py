@@ -44,15 +44,24 @@ def _add_refine(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--soft", action="store_true", help="write the probability as 8-bit alpha")
-    p.add_argument("--overlay", type=Path, default=None,
-                   help="also write a picture of the result over the image (file, or folder in "
-                   "folder mode)")
+    p.add_argument(
+        "--overlay",
+        type=Path,
+        default=None,
+        help="also write a picture of the result over the image (file, or folder in folder mode)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--resize-mask", action="store_true",
-                   help="resize a mask of another size to the image instead of failing")
+    p.add_argument(
+        "--resize-mask",
+        action="store_true",
+        help="resize a mask of another size to the image instead of failing",
+    )
     p.add_argument("--weights", default=None, help="weights file (default: the embedded model)")
-    p.add_argument("--full-query", action="store_true",
-                   help="query every pixel at every scale (CRM's own inference; slower)")
+    p.add_argument(
+        "--full-query",
+        action="store_true",
+        help="query every pixel at every scale (CRM's own inference; slower)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=_cmd_refine)
 
@@ -67,8 +76,14 @@ def _load_pair(image_path: Path, mask_path: Path, resize: bool):
     if resize:
         mask = read_mask(mask_path)
         if mask.shape != (h, w):
-            log.info("resizing mask %s from %dx%d to %dx%d", mask_path.name, mask.shape[1],
-                     mask.shape[0], w, h)
+            log.info(
+                "resizing mask %s from %dx%d to %dx%d",
+                mask_path.name,
+                mask.shape[1],
+                mask.shape[0],
+                w,
+                h,
+            )
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
     else:
         try:
@@ -80,8 +95,9 @@ def _load_pair(image_path: Path, mask_path: Path, resize: bool):
     return image, mask
 
 
-def _refine_one(refiner, image_path: Path, mask_path: Path, out: Path, overlay: Path | None,
-                args) -> None:
+def _refine_one(
+    refiner, image_path: Path, mask_path: Path, out: Path, overlay: Path | None, args
+) -> None:
     from finecut.data.io import write_image, write_mask
     from finecut.viz import overlay_mask
 
@@ -113,7 +129,9 @@ def _cmd_refine(args) -> int:
         if args.output.exists() and not args.overwrite:
             raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
         if args.overlay is not None and args.overlay.exists() and not args.overwrite:
-            raise ImageError(f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)")
+            raise ImageError(
+                f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)"
+            )
         refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
         _refine_one(refiner, args.image, args.mask, args.output, args.overlay, args)
         log.info("wrote %s", args.output)
@@ -122,8 +140,10 @@ def _cmd_refine(args) -> int:
     pairs, unmatched = pair_by_stem(args.image, args.mask)
     if not pairs:
         n = len(list_images(args.image))
-        raise ImageError(f"no image in {str(args.image)!r} has a mask of the same stem in "
-                         f"{str(args.mask)!r} ({n} images)")
+        raise ImageError(
+            f"no image in {str(args.image)!r} has a mask of the same stem in "
+            f"{str(args.mask)!r} ({n} images)"
+        )
     for p in unmatched:
         log.warning("no mask for %s: skipped", p.name)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -165,13 +185,20 @@ def _cmd_refine(args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    r = tsub.add_parser("refine", help="train the CRM refiner on a folder with images/ and masks/",
-                        description="Train the CRM refiner. Resumes from OUT/last.pt if present. "
-                        "Multi-GPU: torchrun --nproc_per_node N -m finecut train refine ...")
+    r = tsub.add_parser(
+        "refine",
+        help="train the CRM refiner on a folder with images/ and masks/",
+        description="Train the CRM refiner. Resumes from OUT/last.pt if present. "
+        "Multi-GPU: torchrun --nproc_per_node N -m finecut train refine ...",
+    )
     r.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
     r.add_argument("--out", type=Path, default=Path("runs/refine"), help="run folder")
-    r.add_argument("--stems", type=_stems_arg, default=None,
-                   help="which files: '1-800', 'a,b,c' or '@list.txt' (default: all)")
+    r.add_argument(
+        "--stems",
+        type=_stems_arg,
+        default=None,
+        help="which files: '1-800', 'a,b,c' or '@list.txt' (default: all)",
+    )
     r.add_argument("--iters", type=int, default=45_000)
     r.add_argument("--batch-size", type=int, default=12)
     r.add_argument("--crop", type=int, default=224)
@@ -196,11 +223,20 @@ def _cmd_train_refine(args) -> int:
     if args.latent_channels:
         model = replace(model, latent_channels=args.latent_channels)
     cfg = RefineTrainConfig(
-        data=str(args.data), out=str(args.out),
-        stems=tuple(args.stems) if args.stems else None, model=model, iters=args.iters,
-        batch_size=args.batch_size, crop=args.crop, lr=args.lr, workers=args.workers,
-        seed=args.seed, device=args.device, ckpt_every=args.ckpt_every,
-        pretrained=not args.no_pretrained, threads=args.threads,
+        data=str(args.data),
+        out=str(args.out),
+        stems=tuple(args.stems) if args.stems else None,
+        model=model,
+        iters=args.iters,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        workers=args.workers,
+        seed=args.seed,
+        device=args.device,
+        ckpt_every=args.ckpt_every,
+        pretrained=not args.no_pretrained,
+        threads=args.threads,
     )
     last = train_refine(cfg, progress=sys.stderr.isatty())
     log.info("checkpoint: %s", last)
@@ -211,18 +247,28 @@ def _cmd_train_refine(args) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="measure a model against ground truth")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    r = esub.add_parser("refine", help="IoU and mBA of coarse masks and each refinement method",
-                        description="Evaluate refinement on a folder with images/ and masks/ "
-                        "(ground truth). Coarse inputs come from --coarse (a folder of masks, "
-                        "paired by stem) or are synthesised from the ground truth with a fixed seed.")
+    r = esub.add_parser(
+        "refine",
+        help="IoU and mBA of coarse masks and each refinement method",
+        description="Evaluate refinement on a folder with images/ and masks/ "
+        "(ground truth). Coarse inputs come from --coarse (a folder of masks, "
+        "paired by stem) or are synthesised from the ground truth with a fixed seed.",
+    )
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--coarse", type=Path, default=None, help="folder of coarse masks")
     r.add_argument("--stems", type=_stems_arg, default=None)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--methods", default="finecut",
-                   help="comma list of: finecut, finecut-full, guided, matting (default: finecut)")
-    r.add_argument("--upscale", type=float, default=1.0,
-                   help="resize images (Lanczos) and masks by this factor first")
+    r.add_argument(
+        "--methods",
+        default="finecut",
+        help="comma list of: finecut, finecut-full, guided, matting (default: finecut)",
+    )
+    r.add_argument(
+        "--upscale",
+        type=float,
+        default=1.0,
+        help="resize images (Lanczos) and masks by this factor first",
+    )
     r.add_argument("--device", default=None)
     r.add_argument("--weights", default=None)
     r.add_argument("--threads", type=int, default=None)
@@ -234,8 +280,15 @@ def _cmd_eval_refine(args) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = evaluate_refine(
-        args.data, methods=methods, coarse_dir=args.coarse, stems=args.stems, seed=args.seed,
-        upscale=args.upscale, device=args.device, weights=args.weights, threads=args.threads,
+        args.data,
+        methods=methods,
+        coarse_dir=args.coarse,
+        stems=args.stems,
+        seed=args.seed,
+        upscale=args.upscale,
+        device=args.device,
+        weights=args.weights,
+        threads=args.threads,
         progress=sys.stderr.isatty(),
     )
     print(format_table(rows))
@@ -254,9 +307,10 @@ def _cmd_demo(args) -> int:
     from finecut.demo import run_demo
 
     paths = run_demo(args.output, device=args.device)
-    print("finecut demo: refined a coarse mask of scikit-image's 'astronaut' photo")
+    print("finecut demo: refined a deliberately coarse mask of scikit-image's 'coffee' photo")
     for name, path in paths.items():
         print(f"  {name:<8} {path}")
+    print(f"look at {paths['compare']} (left: coarse input, right: finecut's refinement)")
     return 0
 
 
@@ -292,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finecut: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("finecut: error: out of memory (try a smaller image or --device cpu)", file=sys.stderr)
+        print(
+            "finecut: error: out of memory (try a smaller image or --device cpu)", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("finecut: interrupted", file=sys.stderr)

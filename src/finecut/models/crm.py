@@ -12,7 +12,7 @@ Two choices differ from the paper and are documented here:
   ``CRMConfig.fuse_strides`` selects the strides; ``(2, 4, 8)`` is the paper's choice.
 * The first MLP layer is split into its feature term and its position term:
   ``W1 @ [f; pos] = (W1_f @ f) + (W1_p @ pos)``. The feature term is computed once per latent cell
-  as a 1x1 convolution (``CRM.cell_features``), so each query gathers ``hidden[0]`` numbers instead of
+  as a 1x1 convolution (in ``CRM.encode``), so each query gathers ``hidden[0]`` numbers instead of
   ``latent_channels`` and does no per-query matrix product with them. This is exact algebra, not an
   approximation, and is used for training and inference alike.
 * ``coarse_skip``: the head predicts a correction to the coarse mask. The coarse mask, sampled
@@ -198,7 +198,9 @@ class CRM(nn.Module):
             for i, c in zip(self._feature_index, config.branch_channels, strict=True)
         )
         self.fuse = nn.Sequential(
-            nn.Conv2d(sum(config.branch_channels), config.latent_channels, 3, padding=1, bias=False),
+            nn.Conv2d(
+                sum(config.branch_channels), config.latent_channels, 3, padding=1, bias=False
+            ),
             nn.BatchNorm2d(config.latent_channels),
             nn.ReLU(inplace=True),
         )
@@ -262,8 +264,9 @@ class CRM(nn.Module):
             if coarse is None:
                 raise ValueError("this CRM adds the coarse mask to its output: pass coarse=")
             grid = coords.flip(-1).unsqueeze(1).to(coarse.dtype)  # (B, 1, Q, 2) in (x, y) order
-            c = F.grid_sample(coarse, grid, mode="bilinear", padding_mode="border",
-                              align_corners=False)[:, 0, 0]
+            c = F.grid_sample(
+                coarse, grid, mode="bilinear", padding_mode="border", align_corners=False
+            )[:, 0, 0]
             logits = logits + self.skip_scale * (2.0 * c.to(logits.dtype) - 1.0)
         return logits
 
@@ -306,7 +309,9 @@ def sobel_magnitude(prob: torch.Tensor) -> torch.Tensor:
 
 
 def crm_loss(
-    logits: torch.Tensor, target: torch.Tensor, weights: CRMLossWeights = CRMLossWeights()  # noqa: B008
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: CRMLossWeights = CRMLossWeights(),  # noqa: B008
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """CRM's training loss: BCE + L1 + L2 + L1 of Sobel gradients (METHODS.md section 4).
 

@@ -1,7 +1,7 @@
 """Continuous refinement of a coarse mask at any resolution (CRM, METHODS.md section 4).
 
 ``finecut.refine(image, mask)`` refines in one call: this package is itself callable (it is also
-the home of ``finecut.refine.perturb`` and ``finecut.refine.baselines``, so the name must serve both).
+the home of ``finecut.refine.perturb`` and ``finecut.refine.baselines``: the name serves both).
 ``Refiner`` keeps a model loaded. Torch models load on first use; ``perturb`` and ``baselines`` are
 plain numpy and import nothing heavy.
 """
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
 
 class _CallableModule(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """``finecut.refine(image, mask, *, device=None, soft=False, weights=None, config=None)``."""
+        """``finecut.refine(image, mask, *, device=None, soft=False, weights=None, config=...)``."""
         from finecut.refine.api import refine
 
         return refine(*args, **kwargs)

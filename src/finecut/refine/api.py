@@ -29,7 +29,9 @@ __all__ = ["DEFAULT_WEIGHTS", "Refiner", "as_rgb", "as_mask", "load_refiner_mode
 DEFAULT_WEIGHTS = "crm_lite0"
 
 
-def load_refiner_model(weights: str | Path | None = None, device: torch.device | str = "cpu") -> CRM:
+def load_refiner_model(
+    weights: str | Path | None = None, device: torch.device | str = "cpu"
+) -> CRM:
     """Build a CRM with trained weights.
 
     Args:
@@ -97,7 +99,7 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def as_mask(mask: np.ndarray) -> np.ndarray:
-    """Binarise a mask: bool as is; uint8 > 127; uint16 > 32767; float >= 0.5. Returns bool (H, W)."""
+    """Binarise a mask: bool as is; uint8 > 127; uint16 > 32767; float >= 0.5. -> bool (H, W)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
@@ -177,12 +179,15 @@ class Refiner:
                 stacklevel=2,
             )
             prob = coarse.astype(np.float32)
-        elif (ys.max() - ys.min() + 1) < cfg.min_object and (xs.max() - xs.min() + 1) < cfg.min_object:
+        elif (ys.max() - ys.min() + 1) < cfg.min_object and (
+            xs.max() - xs.min() + 1
+        ) < cfg.min_object:
             log.info("object smaller than %d px: copied through", cfg.min_object)
             prob = coarse.astype(np.float32)
         else:
-            prob = refine_probability(self.model, rgb, coarse, cfg, device=self.device,
-                                      progress=progress)
+            prob = refine_probability(
+                self.model, rgb, coarse, cfg, device=self.device, progress=progress
+            )
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
@@ -197,5 +202,5 @@ def refine(
     weights: str | Path | None = None,
     config: InferenceConfig | None = None,
 ) -> np.ndarray:
-    """Refine a coarse mask in one call (loads the embedded model; use :class:`Refiner` to reuse it)."""
+    """Refine a coarse mask in one call (loads the model; :class:`Refiner` keeps it loaded)."""
     return Refiner(device, weights=weights, config=config).refine(image, mask, soft=soft)

@@ -65,7 +65,9 @@ def synth_coarse(gt: np.ndarray, stem: str, seed: int) -> np.ndarray:
     return perturb_mask(gt, np.random.default_rng([seed, key]))
 
 
-def _method_fn(name: str, device, weights, threads) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _method_fn(
+    name: str, device, weights, threads
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     if name in ("finecut", "finecut-full"):
         from finecut.refine.api import Refiner
 

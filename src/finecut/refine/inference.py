@@ -42,7 +42,7 @@ class InferenceConfig:
 
     Attributes:
         scales: fractions of the full resolution, coarse to fine (CRM: 0.125, 0.25, 0.5, 1.0).
-        min_side: a scale whose resized short side is below this is skipped (the last scale never is).
+        min_side: a scale whose resized short side is below this is skipped (never the last).
         full_query: query every pixel at every scale (CRM's own inference; slow).
         band_cells: half-width of the query band, in latent cells of the current scale.
         min_band: lower bound of the band half-width in full-resolution pixels.
@@ -168,7 +168,8 @@ def refine_probability(
     h, w = coarse.shape
     prob = coarse.astype(np.float32)
     scales: Sequence[float] = [
-        s for i, s in enumerate(cfg.scales)
+        s
+        for i, s in enumerate(cfg.scales)
         if i == len(cfg.scales) - 1 or min(h, w) * s >= cfg.min_side
     ]
     for s in scales:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from finecut.data.folders import find_pairs
 from finecut.models.crm import CRM, CRMConfig, CRMLossWeights, crm_loss
 from finecut.refine.perturb import PerturbConfig
 from finecut.train.common import (
@@ -30,7 +31,6 @@ from finecut.train.common import (
     save_checkpoint,
     setup_distributed,
 )
-from finecut.data.folders import find_pairs
 from finecut.train.refine_data import MaskPairDataset
 
 log = logging.getLogger(__name__)
@@ -108,13 +108,13 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
 
     model = CRM(cfg.model, pretrained=cfg.pretrained).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, epoch = 0, 0
+    step, start_epoch = 0, 0
     last = out / "last.pt"
     if last.exists():
         state = load_checkpoint(last, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, epoch = state["step"], state["epoch"] + 1
+        step, start_epoch = state["step"], state["epoch"] + 1
         log.info("resumed from %s at step %d", last, step)
     net = DistributedDataParallel(model) if info.enabled else model
     scaler_enabled = device.type == "cuda"
@@ -128,7 +128,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
     net.train()
     t0, seen = time.time(), 0
     try:
-        for epoch, (image, coarse, gt) in _batches(loader, dataset, epoch):
+        for epoch, (image, coarse, gt) in _batches(loader, dataset, start_epoch):
             if step >= cfg.iters:
                 break
             lr = multistep_lr(step, cfg.iters, cfg.lr, warmup=cfg.warmup)
@@ -156,17 +156,30 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
                     union = (pred | (gt > 0.5)).sum().item()
                     cinter = ((coarse > 0.5) & (gt > 0.5)).sum().item()
                     cunion = ((coarse > 0.5) | (gt > 0.5)).sum().item()
-                logger.write({
-                    "step": step, "epoch": epoch, "lr": lr, "loss": loss.item(), **terms,
-                    "iou": inter / max(union, 1), "coarse_iou": cinter / max(cunion, 1),
-                    "samples_per_s": seen / max(time.time() - t0, 1e-9),
-                    "time": time.time(),
-                })
+                logger.write(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "lr": lr,
+                        "loss": loss.item(),
+                        **terms,
+                        "iou": inter / max(union, 1),
+                        "coarse_iou": cinter / max(cunion, 1),
+                        "samples_per_s": seen / max(time.time() - t0, 1e-9),
+                        "time": time.time(),
+                    }
+                )
             if info.is_main and (step % cfg.ckpt_every == 0 or step == cfg.iters):
-                save_checkpoint(last, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "epoch": epoch, "config": _jsonable(cfg),
-                })
+                save_checkpoint(
+                    last,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "config": _jsonable(cfg),
+                    },
+                )
     finally:
         if bar is not None:
             bar.close()
@@ -175,7 +188,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
 
 
 def _lowres_input(image: torch.Tensor, coarse: torch.Tensor, step: int, cfg: RefineTrainConfig):
-    """With probability ``lowres_prob`` (seeded by step), the batch's input at a lower resolution."""
+    """With probability ``lowres_prob`` (seeded by step): the input at a lower resolution."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     if cfg.lowres_prob <= 0 or float(torch.rand((), generator=g)) >= cfg.lowres_prob:
         return image, coarse

@@ -50,8 +50,8 @@ def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict:
         actual = sha256_file(path)
         if actual != expected_sha256:
             raise WeightsError(
-                f"weights file {str(path)!r} is corrupt: sha256 {actual[:12]}... does not match the "
-                f"recorded {expected_sha256[:12]}... (reinstall finecut)"
+                f"weights file {str(path)!r} is corrupt: sha256 {actual[:12]}... does not match "
+                f"the recorded {expected_sha256[:12]}... (reinstall finecut)"
             )
     try:
         return load_file(str(path))
@@ -59,7 +59,9 @@ def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict:
         raise WeightsError(f"weights file {str(path)!r} cannot be read: {exc}") from None
 
 
-def write_weights(state_dict: dict, name: str, manifest: dict, directory: Path = WEIGHTS_DIR) -> Path:
+def write_weights(
+    state_dict: dict, name: str, manifest: dict, directory: Path = WEIGHTS_DIR
+) -> Path:
     """Save ``state_dict`` as ``<name>.safetensors`` and its manifest with the sha256."""
     from safetensors.torch import save_file
 
