@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/refine_speed.py                 # aeroplane 3492x2328, 2 threads
     .venv/bin/python bench/refine_speed.py --images all --repeats 2
+    .venv/bin/python bench/refine_speed.py --images aeroplane@2.2 --modes band   # 7682x5122
 
 Each (image, mode) runs in its own subprocess so peak RSS (``ru_maxrss``) belongs to that mode
 alone. Both modes use the same model, scales and tiles; ``full`` queries every full-resolution
@@ -41,9 +42,17 @@ def _child(args) -> None:
     from finecut.refine.api import Refiner
 
     torch.set_num_threads(args.threads)
-    image_file, mask_file = IMAGES[args.image]
+    name, _, factor = args.image.partition("@")
+    image_file, mask_file = IMAGES[name]
     image = read_image(HIGHRES / image_file)
     mask = read_mask(HIGHRES / mask_file, shape=image.shape[:2]) > 127
+    if factor:  # e.g. aeroplane@2.2: an 8K-class input made by Lanczos upsampling
+        import cv2
+
+        f = float(factor)
+        size = (round(image.shape[1] * f), round(image.shape[0] * f))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
+        mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) >= 0.5
     t0 = time.perf_counter()
     refiner = Refiner(args.device, weights=args.weights)
     load_s = time.perf_counter() - t0
@@ -97,7 +106,10 @@ def _run_child(image: str, mode: str, args, save: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", default="aeroplane", help=f"comma list of {list(IMAGES)}, or all")
+    p.add_argument(
+        "--images", default="aeroplane",
+        help=f"comma list of {list(IMAGES)} (name@F upsamples by F), or all",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu")

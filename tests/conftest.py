@@ -15,7 +15,9 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 def shared_data() -> Path:
     """Path to ../shared/data; tests that need it skip when it is absent (a user's machine)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (only present on the project's machines)")
+        pytest.skip(
+            f"real data not found at {SHARED_DATA} (only present on the project's machines)"
+        )
     return SHARED_DATA
 
 
@@ -33,6 +35,8 @@ def tiny_crm_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = CRM(CRMConfig(), pretrained=False)
     directory = tmp_path_factory.mktemp("weights")
     return write_weights(
-        model.state_dict(), "tiny", {"model": "crm", "config": model.config.to_dict()},
+        model.state_dict(),
+        "tiny",
+        {"model": "crm", "config": model.config.to_dict()},
         directory=directory,
     )

@@ -35,8 +35,15 @@ def _cell_centre_queries(h: int, w: int, cells: list[tuple[int, int]], q_cell: f
 
 
 def test_config_round_trip() -> None:
-    cfg = CRMConfig(encoder="mobilenet_v2", fuse_strides=(2, 4, 8), branch_channels=(8, 8, 16),
-                    latent_channels=24, hidden=(16, 8), dropout=0.0, coarse_skip=False)
+    cfg = CRMConfig(
+        encoder="mobilenet_v2",
+        fuse_strides=(2, 4, 8),
+        branch_channels=(8, 8, 16),
+        latent_channels=24,
+        hidden=(16, 8),
+        dropout=0.0,
+        coarse_skip=False,
+    )
     data = cfg.to_dict()
     assert data["fuse_strides"] == [2, 4, 8]  # lists, so it serialises to JSON / YAML
     assert CRMConfig.from_dict(data) == cfg
@@ -68,7 +75,13 @@ def test_config_rejects_bad_values(kwargs) -> None:
 
 @pytest.mark.parametrize(
     ("size", "out_size"),
-    [((32, 32), None), ((40, 56), None), ((37, 45), None), ((32, 48), (80, 96)), ((32, 32), (33, 71))],
+    [
+        ((32, 32), None),
+        ((40, 56), None),
+        ((37, 45), None),
+        ((32, 48), (80, 96)),
+        ((32, 32), (33, 71)),
+    ],
 )
 def test_forward_shape(size, out_size) -> None:
     model = _model().eval()
@@ -169,8 +182,9 @@ def test_split_first_layer_equals_the_concatenated_linear() -> None:
     # the paper's first layer, built by hand: Linear(latent + 6 -> hidden[0]) on the concatenation
     first = torch.nn.Linear(c + 6, hidden0)
     with torch.no_grad():
-        first.weight.copy_(torch.cat([model.cell_proj.weight.view(hidden0, c),
-                                      model.pos_proj.weight], dim=1))
+        first.weight.copy_(
+            torch.cat([model.cell_proj.weight.view(hidden0, c), model.pos_proj.weight], dim=1)
+        )
         first.bias.copy_(model.cell_proj.bias)
 
     cells = [(iy, ix) for iy in (1, 5, 10, 14) for ix in (2, 7, 13)]
@@ -288,8 +302,8 @@ def test_backward_with_coarse_skip_at_init() -> None:
     grads = _backward(model)
     zero = set(_zero_grads(grads))
     live = set(grads) - zero
-    assert live == {"mlp.%d.weight" % (len(model.mlp) - 1), "mlp.%d.bias" % (len(model.mlp) - 1),
-                    "skip_scale"}
+    last = len(model.mlp) - 1
+    assert live == {f"mlp.{last}.weight", f"mlp.{last}.bias", "skip_scale"}
 
     model = _model()
     with torch.no_grad():

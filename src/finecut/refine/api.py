@@ -68,7 +68,13 @@ def load_refiner_model(
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise WeightsError(f"weights {str(path)!r} do not fit the CRM model: {exc}") from None
+        # torch lists every mismatch on its own line; the CLI promises one line per error
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = problems[0] if problems else " ".join(str(exc).split())
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise WeightsError(
+            f"weights {str(path)!r} do not fit the CRM model: {first}{more}"
+        ) from None
     return model.to(device).eval()
 
 

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from finecut.models.crm import CRM, CRMConfig
+from finecut.refine.inference import InferenceConfig, refine_probability
+
+# Random-init models on tiny images: these tests run beside a training job on 2 cores.
+
+
+@pytest.fixture(scope="module")
+def model() -> CRM:
+    """A random CRM whose head is not the identity: its last layer is random, not zero.
+
+    (An untrained ``coarse_skip`` model returns the coarse mask exactly, which would make every
+    comparison below trivially true.)
+    """
+    torch.manual_seed(0)
+    net = CRM(CRMConfig(), pretrained=False)
+    with torch.no_grad():
+        net.mlp[-1].weight.normal_(0.0, 1.0)
+    return net.eval()
+
+
+def _scene(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured image with a bright ellipse, and a coarse (shifted, polygonal) mask of it."""
+    rng = np.random.default_rng(seed)
+    image = (rng.random((h, w, 3)) * 60).astype(np.uint8)
+    centre, axes = (w // 2, h // 2), (w // 4, h // 4)
+    cv2.ellipse(image, centre, axes, 0, 0, 360, (220, 200, 180), -1)
+    coarse = np.zeros((h, w), np.uint8)
+    box = np.array(
+        [
+            [w // 4 + 2, h // 4 - 3],
+            [3 * w // 4, h // 4 + 1],
+            [3 * w // 4 + 3, 3 * h // 4],
+            [w // 4 - 2, 3 * h // 4 + 2],
+        ],
+        np.int32,
+    )
+    cv2.fillPoly(coarse, [box], 1)
+    return image, coarse.astype(bool)
+
+
+def test_output_is_a_probability_of_the_image_size(model: CRM) -> None:
+    image, coarse = _scene(77, 101)
+    prob = refine_probability(model, image, coarse, InferenceConfig(min_side=8))
+    assert prob.shape == (77, 101)
+    assert prob.dtype == np.float32
+    assert np.isfinite(prob).all() and prob.min() >= 0.0 and prob.max() <= 1.0
+    # the random head really moves the boundary (otherwise the comparisons below prove little)
+    assert ((prob > 0.5) != coarse).any()
+
+
+@pytest.mark.parametrize("size", [(77, 101), (33, 95), (96, 40)])
+def test_odd_sizes_keep_their_shape(model: CRM, size) -> None:
+    image, coarse = _scene(*size, seed=1)
+    cfg = InferenceConfig(scales=(0.5, 1.0), min_side=8)
+    prob = refine_probability(model, image, coarse, cfg)
+    assert prob.shape == size and prob.dtype == np.float32
+
+
+def test_chunk_size_does_not_change_the_result(model: CRM) -> None:
+    image, coarse = _scene(64, 80)
+    cfg = InferenceConfig(scales=(0.5, 1.0), min_side=16)
+    ref = refine_probability(model, image, coarse, cfg)
+    chunked = refine_probability(
+        model, image, coarse, InferenceConfig(scales=(0.5, 1.0), min_side=16, chunk=37)
+    )
+    np.testing.assert_allclose(chunked, ref, atol=1e-5, rtol=0)
+
+
+def test_band_covering_everything_equals_full_query(model: CRM) -> None:
+    image, coarse = _scene(64, 80, seed=2)
+    base = {"scales": (0.25, 0.5, 1.0), "min_side": 8}
+    full = refine_probability(model, image, coarse, InferenceConfig(**base, full_query=True))
+    band = refine_probability(
+        model, image, coarse, InferenceConfig(**base, band_cells=1e6, uncertainty=1.0)
+    )
+    np.testing.assert_allclose(band, full, atol=1e-6, rtol=0)
+
+
+def test_default_band_leaves_far_pixels_alone(model: CRM) -> None:
+    image, coarse = _scene(64, 80, seed=3)
+    cfg = InferenceConfig(scales=(1.0,))
+    prob = refine_probability(model, image, coarse, cfg)
+    full = refine_probability(model, image, coarse, InferenceConfig(scales=(1.0,), full_query=True))
+    far = _far_from_boundary(coarse, radius=cfg.band_cells * 2 + 1)
+    assert far.any()
+    np.testing.assert_array_equal(prob[far], coarse[far].astype(np.float32))
+    # pixels in the band are the network's answer, the same one full_query gives there
+    near = ~far & (np.abs(prob - coarse) > 0)
+    assert near.any()
+    np.testing.assert_allclose(prob[near], full[near], atol=1e-5)
+
+
+def _far_from_boundary(mask: np.ndarray, radius: float) -> np.ndarray:
+    m = mask.astype(np.uint8)
+    dist = np.maximum(
+        cv2.distanceTransform(m, cv2.DIST_L2, 3), cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    )
+    return dist > radius
+
+
+def test_tiling(model: CRM) -> None:
+    h, w = 96, 128
+    image, coarse = _scene(h, w, seed=4)
+    coarse[:] = False
+    coarse[30:62, 36:70] = True  # an object that touches a few of the 3 x 4 tiles only
+    cfg = InferenceConfig(scales=(1.0,), tile_area=64, tile=32, margin=16)
+    encoded: list[tuple[int, int]] = []
+    encode = model.encode
+
+    def counting_encode(img, msk):
+        encoded.append(tuple(img.shape[-2:]))
+        return encode(img, msk)
+
+    model.encode = counting_encode  # instance attribute: shadows the method for this test only
+    try:
+        prob = refine_probability(model, image, coarse, cfg)
+    finally:
+        del model.encode
+    assert prob.shape == (h, w) and prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    # one encode per tile holding band pixels; never the whole image; each tile is at most
+    # tile + 2 * margin (padded to a multiple of 32)
+    assert 1 < len(encoded) < (h // 32) * (w // 32)
+    assert all(eh <= 64 and ew <= 64 for eh, ew in encoded)
+    far = _far_from_boundary(coarse, radius=cfg.band_cells * 2 + 1)
+    np.testing.assert_array_equal(prob[far], coarse[far].astype(np.float32))
+    # tiles see less context than the whole image, but the answer stays close to it
+    whole = refine_probability(model, image, coarse, InferenceConfig(scales=(1.0,)))
+    assert np.abs(prob - whole).max() < 0.05
+
+
+@pytest.mark.parametrize(
+    ("min_side", "expected"),
+    [
+        (48, ["scale 0.5", "scale 1"]),  # short side 96: 12 and 24 px are below 48
+        (12, ["scale 0.125", "scale 0.25", "scale 0.5", "scale 1"]),
+        (1000, ["scale 1"]),  # the last scale always runs
+    ],
+)
+def test_min_side_skips_small_scales(model: CRM, min_side: int, expected: list[str]) -> None:
+    image, coarse = _scene(96, 128, seed=5)
+    names: list[str] = []
+    cfg = InferenceConfig(min_side=min_side)
+    prob = refine_probability(model, image, coarse, cfg, progress=names.append)
+    assert names == expected
+    assert prob.shape == (96, 128)
+
+
+def test_model_is_put_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    net = CRM(CRMConfig(), pretrained=False).train()
+    image, coarse = _scene(32, 40)
+    prob = refine_probability(net, image, coarse, InferenceConfig(scales=(1.0,)))
+    assert not net.training
+    # untrained coarse_skip model: the coarse mask comes back
+    np.testing.assert_array_equal(prob > 0.5, coarse)
