@@ -310,7 +310,7 @@ def _cmd_demo(args) -> int:
     print("finecut demo: refined a deliberately coarse mask of scikit-image's 'coffee' photo")
     for name, path in paths.items():
         print(f"  {name:<8} {path}")
-    print(f"look at {paths['compare']} (left: coarse input, right: finecut's refinement)")
+    print(f"look at {paths['compare']} (coarse input, finecut's refinement, its soft alpha)")
     return 0
 
 

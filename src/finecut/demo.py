@@ -2,8 +2,8 @@
 scikit-image, and write pictures of every step.
 
 The photo is scikit-image's ``coffee`` (600x400, a cup on a saucer with a spoon; it is installed
-with scikit-image, so nothing is downloaded). The coarse mask is a 12-sided polygon around the
-saucer joined to a hexagon around the cup, the kind of mask a quick brush stroke or a box prompt
+with scikit-image, so nothing is downloaded). The coarse mask is a 9-sided polygon around the
+saucer joined to a pentagon around the cup, the kind of mask a quick brush stroke or a box prompt
 gives: it cuts through the rim of the saucer and the cup and misses the spoon's shape.
 """
 
@@ -31,8 +31,8 @@ def coarse_polygon_mask(shape: tuple[int, int]) -> np.ndarray:
     """The demo's coarse mask for the 400x600 coffee photo (bool, (H, W))."""
     h, w = shape
     mask = np.zeros((h, w), np.uint8)
-    saucer = _ngon(280, 228, 206, 158, 12, 0.2)  # the saucer's ellipse, cut by 12 straight edges
-    cup = _ngon(290, 112, 122, 98, 6, 0.5)  # the cup's rim, cut by a hexagon
+    saucer = _ngon(280, 228, 206, 160, 9, 0.2)  # the saucer's ellipse, cut by 9 straight edges
+    cup = _ngon(290, 110, 126, 102, 5, -0.3)  # the cup's rim, cut by a pentagon
     for poly in (saucer, cup):
         cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
     return mask.astype(bool)
@@ -72,7 +72,7 @@ def run_demo(out: str | Path, device: str | None = None) -> dict[str, Path]:
         "alpha": write_mask(out / "alpha.png", prob),
         "overlay": write_image(out / "overlay.png", over_refined),
         "compare": write_image(
-            out / "compare.png", side_by_side([over_coarse, over_refined], height=400)
+            out / "compare.png", side_by_side([over_coarse, over_refined, prob], height=400)
         ),
     }
     changed = float((refined != coarse).mean())

@@ -12,7 +12,7 @@ def overlay_mask(
     image: np.ndarray,
     mask: np.ndarray,
     *,
-    color: tuple[int, int, int] = (255, 64, 160),
+    color: tuple[int, int, int] = (0, 170, 255),
     alpha: float = 0.35,
     outline: tuple[int, int, int] = (255, 255, 0),
     thickness: int | None = None,
@@ -32,17 +32,24 @@ def overlay_mask(
     out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color, np.float32)
     out = out.round().astype(np.uint8)
     if thickness is None:
-        thickness = max(1, round(max(image.shape[:2]) / 500))
+        thickness = max(2, round(max(image.shape[:2]) / 400))
     contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, outline, thickness, lineType=cv2.LINE_AA)
     return out
 
 
 def side_by_side(panels: list[np.ndarray], *, height: int = 360, gap: int = 6) -> np.ndarray:
-    """Resize RGB panels to one height and put them in a row on a white background."""
+    """Resize panels to one height and put them in a row on a white background.
+
+    Panels are uint8 RGB, or (H, W) uint8 / bool / float in [0, 1] shown in grey.
+    """
     rows = []
     for p in panels:
         p = np.asarray(p)
+        if p.dtype == bool:
+            p = p.astype(np.uint8) * 255
+        elif p.dtype.kind == "f":  # an alpha or probability in [0, 1]
+            p = np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
         if p.ndim == 2:
             p = np.repeat(p[..., None], 3, axis=2)
         w = max(1, round(p.shape[1] * height / p.shape[0]))
