@@ -22,14 +22,16 @@ def _windows(records: list[dict], every: int) -> list[dict]:
     for r in records:
         bucket.append(r)
         if r["step"] % every == 0 or r is records[-1]:
-            out.append({
-                "step": r["step"],
-                "lr": r["lr"],
-                "loss": float(np.mean([b["loss"] for b in bucket])),
-                "iou": float(np.mean([b["iou"] for b in bucket])),
-                "coarse_iou": float(np.mean([b["coarse_iou"] for b in bucket])),
-                "samples_per_s": r["samples_per_s"],
-            })
+            out.append(
+                {
+                    "step": r["step"],
+                    "lr": r["lr"],
+                    "loss": float(np.mean([b["loss"] for b in bucket])),
+                    "iou": float(np.mean([b["iou"] for b in bucket])),
+                    "coarse_iou": float(np.mean([b["coarse_iou"] for b in bucket])),
+                    "samples_per_s": r["samples_per_s"],
+                }
+            )
             bucket = []
     return out
 
@@ -55,8 +57,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     cv2.polylines(img, [xy(gain, gain_lo, gain_hi)], False, (0, 0, 220), 2, cv2.LINE_AA)
     font = cv2.FONT_HERSHEY_SIMPLEX
     cv2.putText(img, f"loss (blue, 0..{loss.max():.2f})", (pad, 20), font, 0.5, (200, 80, 0), 1)
-    cv2.putText(img, f"IoU - coarse IoU, points (red, {gain_lo:.1f}..{gain_hi:.1f})", (pad + 260, 20),
-                font, 0.5, (0, 0, 220), 1)
+    cv2.putText(
+        img,
+        f"IoU - coarse IoU, points (red, {gain_lo:.1f}..{gain_hi:.1f})",
+        (pad + 260, 20),
+        font,
+        0.5,
+        (0, 0, 220),
+        1,
+    )
     cv2.putText(img, f"step 0..{int(steps.max())}", (w // 2 - 40, h - 15), font, 0.5, (0, 0, 0), 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), img)
@@ -73,9 +82,11 @@ def main() -> None:
     print("| step | lr | loss | IoU % (output) | IoU % (coarse input) | gain, points | samples/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['step']} | {r['lr']:.2e} | {r['loss']:.4f} | {100 * r['iou']:.2f} | "
-              f"{100 * r['coarse_iou']:.2f} | {100 * (r['iou'] - r['coarse_iou']):+.2f} | "
-              f"{r['samples_per_s']:.2f} |")
+        print(
+            f"| {r['step']} | {r['lr']:.2e} | {r['loss']:.4f} | {100 * r['iou']:.2f} | "
+            f"{100 * r['coarse_iou']:.2f} | {100 * (r['iou'] - r['coarse_iou']):+.2f} | "
+            f"{r['samples_per_s']:.2f} |"
+        )
     if args.png:
         _plot(rows, args.png)
 

@@ -1,4 +1,4 @@
-"""`torchrun` data-parallel training of the refiner, on CPU with the gloo backend and 2 processes."""
+"""`torchrun` data-parallel training of the refiner: CPU, gloo backend, 2 processes."""
 
 from __future__ import annotations
 
