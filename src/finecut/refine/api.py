@@ -57,7 +57,7 @@ def load_refiner_model(
             state = load_state_dict(path, manifest.get("sha256"))
             config = CRMConfig.from_dict(manifest["config"])
         else:
-            from finecut.train.common import load_checkpoint
+            from finecut.weights import load_checkpoint
 
             ckpt = load_checkpoint(path)
             if "model" not in ckpt or "config" not in ckpt:
@@ -142,7 +142,7 @@ class Refiner:
         config: InferenceConfig | None = None,
         threads: int | None = None,
     ) -> None:
-        from finecut.train.common import resolve_device
+        from finecut.devices import resolve_device
 
         self.device = resolve_device(device)
         if threads:

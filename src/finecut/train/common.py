@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from finecut.devices import resolve_device
+from finecut.weights import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -43,23 +46,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" picks CUDA when available, else CPU; a bad name is a clear error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        from finecut.errors import ConfigError
-
-        raise ConfigError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from finecut.errors import ConfigError
-
-        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
-    return dev
 
 
 def setup_distributed(device: torch.device) -> DistInfo:
@@ -94,18 +80,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    from finecut.errors import WeightsError
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {str(path)!r} not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # corrupt or truncated checkpoint
-        raise WeightsError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
 
 
 def multistep_lr(step: int, total: int, base_lr: float, milestones=(0.5, 0.83), gamma=0.1,

@@ -10,10 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finecut.errors import WeightsError
 
-__all__ = ["WEIGHTS_DIR", "load_manifest", "load_state_dict", "sha256_file", "write_weights"]
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "load_checkpoint",
+    "load_manifest",
+    "load_state_dict",
+    "sha256_file",
+    "write_weights",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 
@@ -73,3 +84,20 @@ def write_weights(
     manifest = dict(manifest, file=path.name, sha256=sha256_file(path))
     (directory / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint written by ``finecut train`` (tensors and plain Python values).
+
+    ``weights_only=True``: a checkpoint is never unpickled into arbitrary objects, so a ``.pt``
+    file from elsewhere cannot run code.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {str(path)!r} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt or truncated checkpoint
+        raise WeightsError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
