@@ -65,6 +65,29 @@ class RefineTrainConfig:
     lowres_factor: tuple[float, float] = (1.25, 3.0)
 
 
+def _make_loader(
+    dataset: MaskPairDataset, cfg: RefineTrainConfig, info, device: torch.device
+) -> DataLoader:
+    per_rank = max(1, cfg.batch_size // info.world_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
+        if info.enabled
+        else RandomSampler(dataset, generator=generator)
+    )
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        # not persistent: workers are re-made each epoch and so see the dataset's new epoch (a
+        # persistent worker keeps the epoch-0 copy and would repeat the same crops and coarse masks)
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
+
+
 def _batches(loader: DataLoader, dataset: MaskPairDataset, start_epoch: int):
     epoch = start_epoch
     while True:
@@ -89,22 +112,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
 
     pairs = find_pairs(Path(cfg.data), list(cfg.stems) if cfg.stems else None)
     dataset = MaskPairDataset(pairs, crop=cfg.crop, perturb=PerturbConfig(), seed=cfg.seed)
-    per_rank = max(1, cfg.batch_size // info.world_size)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = (
-        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=cfg.seed)
-        if info.enabled
-        else RandomSampler(dataset, generator=generator)
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=per_rank,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        drop_last=True,
-        persistent_workers=cfg.workers > 0,
-        pin_memory=device.type == "cuda",
-    )
+    loader = _make_loader(dataset, cfg, info, device)
 
     model = CRM(cfg.model, pretrained=cfg.pretrained).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -1,0 +1,311 @@
+"""Training data for the semantic embedding: image crops with per-pixel instance labels.
+
+Two kinds of labelled folder are read:
+
+* semantic label maps (CamVid layout): ``ROOT/{split}/images/*.jpg`` with
+  ``ROOT/{split}/labels/*.png`` holding uint8 class ids; ``void`` (CamVid: 11) is ignored.
+  Instances: ``"classes"`` (one instance per class), ``"components"`` (one per 8-connected
+  component of each class) or ``"mixed"`` (default; COCO-Stuff's convention, which the paper
+  trained on: "thing" classes split into connected components, "stuff" classes one instance
+  each, so a road cut in two by a car stays one segment). Components smaller than
+  ``min_component`` pixels are ignored.
+* binary object masks (ECSSD layout): ``ROOT/images/*`` with ``ROOT/masks/*`` (0 / 255);
+  background and object are two instances. For a folder named ``ecssd`` only the stems
+  0001-0800 are used (by default those present): 0801-1000 are the held-out test set of another
+  benchmark, and asking for any of them is a :class:`~finecut.errors.ConfigError`.
+
+Every item is deterministic given (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from finecut.data.folders import find_pairs
+from finecut.data.io import read_image, read_mask
+from finecut.errors import ConfigError, ImageError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CAMVID_THINGS",
+    "CAMVID_VOID",
+    "ECSSD_HELD_OUT",
+    "ECSSD_TRAIN_STEMS",
+    "EmbeddingDataset",
+    "EpochSampler",
+    "LabelledImage",
+    "instance_map",
+    "label_map_items",
+    "mask_items",
+    "read_label_map",
+]
+
+IGNORE = -1
+CAMVID_VOID = 11
+# Pole, SignSymbol, Car, Pedestrian, Bicyclist: countable objects ("things")
+CAMVID_THINGS: tuple[int, ...] = (2, 6, 8, 9, 10)
+ECSSD_TRAIN_STEMS: tuple[str, ...] = tuple(f"{i:04d}" for i in range(1, 801))
+ECSSD_HELD_OUT: frozenset[str] = frozenset(f"{i:04d}" for i in range(801, 1001))
+_INSTANCE_MODES = ("mixed", "classes", "components")
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One training image and how to read its labels.
+
+    Attributes:
+        image: the image file.
+        label: the label file: class ids (``kind="labels"``) or a 0/255 mask (``kind="mask"``).
+        kind: ``"labels"`` or ``"mask"``.
+    """
+
+    image: Path
+    label: Path
+    kind: str
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read a class-id PNG (mode ``L``, ``P`` as indices, or 16-bit) as an int32 (H, W) array.
+
+    Raises:
+        ImageError: the file is missing, unreadable or holds colour.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "I;16L", "I;16B"):
+                raise ImageError(
+                    f"label map '{path}' must be a gray or palette image, not {im.mode}"
+                )
+            return np.asarray(im, dtype=np.int32)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"cannot read label map '{path}': {exc}") from None
+
+
+def instance_map(
+    classes: np.ndarray,
+    *,
+    mode: str = "mixed",
+    things: tuple[int, ...] = CAMVID_THINGS,
+    void: int | None = CAMVID_VOID,
+    min_component: int = 64,
+) -> np.ndarray:
+    """Instance labels from a class-id map (see the module docstring for the modes).
+
+    Returns:
+        (H, W) int32: instance ids >= 0, :data:`IGNORE` (-1) for void and tiny components.
+    """
+    if mode not in _INSTANCE_MODES:
+        raise ConfigError(f"unknown instance mode {mode!r}; choose one of {_INSTANCE_MODES}")
+    classes = np.asarray(classes)
+    out = np.full(classes.shape, IGNORE, np.int32)
+    next_id = 0
+    for c in np.unique(classes):
+        if void is not None and c == void:
+            continue
+        region = classes == c
+        if mode == "classes" or (mode == "mixed" and int(c) not in things):
+            out[region] = next_id
+            next_id += 1
+            continue
+        n, comp = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+        sizes = np.bincount(comp.ravel(), minlength=n)
+        for k in range(1, n):
+            if sizes[k] >= min_component:
+                out[comp == k] = next_id
+                next_id += 1
+    return out
+
+
+def label_map_items(root: str | Path, splits: tuple[str, ...] = ("train",)) -> list[LabelledImage]:
+    """Image / class-id pairs of a CamVid-style folder, ``ROOT/{split}/{images,labels}``.
+
+    Raises:
+        ImageError: a split folder is missing or has no pairs.
+    """
+    root = Path(root)
+    items: list[LabelledImage] = []
+    for split in splits:
+        img_dir, lab_dir = root / split / "images", root / split / "labels"
+        if not img_dir.is_dir() or not lab_dir.is_dir():
+            raise ImageError(f"'{root / split}' must contain 'images/' and 'labels/' folders")
+        labels = {p.stem: p for p in lab_dir.iterdir() if p.suffix.lower() == ".png"}
+        images = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in _IMAGE_EXTS}
+        stems = sorted(set(labels) & set(images))
+        if not stems:
+            raise ImageError(f"no image/label pairs in '{root / split}'")
+        items += [LabelledImage(images[s], labels[s], "labels") for s in stems]
+    return items
+
+
+def mask_items(root: str | Path, stems: tuple[str, ...] | None = None) -> list[LabelledImage]:
+    """Image / binary-mask pairs of a folder with ``images/`` and ``masks/``.
+
+    A folder named ``ecssd`` (any case) defaults to the stems present among
+    :data:`ECSSD_TRAIN_STEMS` (0001-0800) and refuses the held-out stems 0801-1000.
+
+    Raises:
+        ConfigError: held-out ECSSD stems were asked for.
+        ImageError: the folder or a requested pair is missing.
+    """
+    root = Path(root)
+    if root.name.lower() == "ecssd":
+        if stems is None:
+            pairs = find_pairs(root)
+            kept = [p for p in pairs if p[0].stem not in ECSSD_HELD_OUT]
+            log.info(
+                "ECSSD: training on %d files, %d held-out files left out",
+                len(kept),
+                len(pairs) - len(kept),
+            )
+            if not kept:
+                raise ImageError(f"no ECSSD training files (0001-0800) in '{root}'")
+            return [LabelledImage(img, mask, "mask") for img, mask in kept]
+        held = sorted(set(stems) & ECSSD_HELD_OUT)
+        if held:
+            raise ConfigError(
+                f"ECSSD stems {held[0]}..{held[-1]} ({len(held)} files) are a held-out test set "
+                "and must not be trained on; use stems 0001-0800"
+            )
+    pairs = find_pairs(root, list(stems) if stems is not None else None)
+    return [LabelledImage(img, mask, "mask") for img, mask in pairs]
+
+
+class EmbeddingDataset(Dataset):
+    """Random crops (scale, crop, horizontal flip) of images with instance labels.
+
+    Args:
+        items: the labelled images.
+        crop: side of the square crop.
+        scale_range: random resize factor, raised when needed so the short side covers the crop.
+        instance_mode: how class-id maps become instances (:func:`instance_map`).
+        void: the ignored class id of label maps.
+        min_component: smallest connected component kept as an instance.
+        seed: base seed; item ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
+
+    The key passed to ``dataset[key]`` encodes the epoch: ``key = epoch * len(dataset) + i``
+    (what :class:`EpochSampler` yields), so the augmentation changes every epoch also inside
+    persistent DataLoader workers, which never see attributes set on the main copy.
+
+    Returns per item:
+        image (3, S, S) float32 in [0, 1] and labels (S, S) int64 (-1 = ignore).
+    """
+
+    def __init__(
+        self,
+        items: list[LabelledImage],
+        *,
+        crop: int = 256,
+        scale_range: tuple[float, float] = (0.6, 1.3),
+        instance_mode: str = "mixed",
+        void: int | None = CAMVID_VOID,
+        min_component: int = 64,
+        seed: int = 0,
+    ) -> None:
+        if not items:
+            raise ImageError("no labelled images to train on")
+        if instance_mode not in _INSTANCE_MODES:
+            raise ConfigError(f"unknown instance mode {instance_mode!r}")
+        self.items = list(items)
+        self.crop = crop
+        self.scale_range = scale_range
+        self.instance_mode = instance_mode
+        self.void = void
+        self.min_component = min_component
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The full image (H, W, 3) uint8 and its instance map (H, W) int32."""
+        item = self.items[index]
+        image = read_image(item.image)
+        if item.kind == "mask":
+            mask = read_mask(item.label, shape=image.shape[:2], image_path=item.image)
+            return image, (mask > 127).astype(np.int32)
+        classes = read_label_map(item.label)
+        if classes.shape != image.shape[:2]:
+            raise ImageError(
+                f"label map '{item.label}' is {classes.shape[1]}x{classes.shape[0]} but image "
+                f"'{item.image}' is {image.shape[1]}x{image.shape[0]}"
+            )
+        inst = instance_map(
+            classes, mode=self.instance_mode, void=self.void, min_component=self.min_component
+        )
+        return image, inst
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(int(key), len(self.items))
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image, inst = self.load(index)
+        s = self.crop
+        h, w = inst.shape
+        scale = max(rng.uniform(*self.scale_range), s / min(h, w))
+        nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+        if (nh, nw) != (h, w):
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            image = cv2.resize(image, (nw, nh), interpolation=interp)
+            inst = cv2.resize(inst, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        # prefer crops with at least two instances (the loss needs negative pairs)
+        for _ in range(5):
+            y = int(rng.integers(0, nh - s + 1))
+            x = int(rng.integers(0, nw - s + 1))
+            lab = inst[y : y + s, x : x + s]
+            if np.unique(lab[lab >= 0]).size >= 2:
+                break
+        img = image[y : y + s, x : x + s]
+        if rng.random() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        img_t = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).copy())
+        return img_t.float() / 255.0, torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
+
+
+class EpochSampler(Sampler[int]):
+    """Endless shuffled keys ``epoch * n + i`` for :class:`EmbeddingDataset`.
+
+    The order of epoch ``e`` is a permutation seeded by ``(seed, e)``; with ``world_size`` > 1
+    each rank takes every ``world_size``-th entry of it (equal shares of ``n // world_size``,
+    the tail dropped), like ``DistributedSampler``. ``skip`` drops that many keys of this rank's
+    sequence first, so a run resumed after ``step`` batches of ``b`` continues exactly where it
+    stopped with ``skip = step * b``.
+    """
+
+    def __init__(
+        self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0
+    ) -> None:
+        if n < 1:
+            raise ValueError("EpochSampler needs at least one item")
+        self.n = n
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.per_rank = max(1, n // world_size)
+        self.skip = skip
+
+    def epoch_of(self, position: int) -> int:
+        """The epoch that this rank's ``position``-th key (counted from 0) belongs to."""
+        return position // self.per_rank
+
+    def __iter__(self):
+        epoch, offset = divmod(self.skip, self.per_rank)
+        while True:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            share = perm[self.rank :: self.world_size][: self.per_rank]
+            if share.size < self.per_rank:  # fewer items than ranks: wrap around
+                share = np.resize(perm, self.per_rank)
+            for i in share[offset:]:
+                yield epoch * self.n + int(i)
+            offset = 0
+            epoch += 1
