@@ -20,7 +20,7 @@ def _epoch_items(root: Path, workers: int, epochs: int = 2) -> list[torch.Tensor
     cfg = RefineTrainConfig(data=str(root), batch_size=len(pairs), workers=workers, crop=64)
     loader = _make_loader(dataset, cfg, DistInfo(), torch.device("cpu"))
     out = []
-    for epoch, (image, coarse, gt) in _batches(loader, dataset, 0):
+    for epoch, (image, coarse, _gt) in _batches(loader, dataset, 0):
         if epoch >= epochs:
             break
         # sort the batch by content so that the sampler's order does not matter
