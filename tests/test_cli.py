@@ -569,3 +569,20 @@ def test_help_in_a_subprocess() -> None:
 def test_no_command_prints_help_and_exits_2(capsys) -> None:
     code, out, _ = _run(capsys)
     assert code == 2 and "usage: finecut" in out
+
+
+def test_train_embedding_on_masks(capsys, tiny_dataset, tmp_path) -> None:
+    out = tmp_path / "emb"
+    code, _, err = _run(
+        capsys, "train", "embedding", "--masks", tiny_dataset, "--out", out, "--no-pretrained",
+        "--iters", 2, "--batch-size", 2, "--crop", 64, "--pixels", 20, "--workers", 0,
+        "--ckpt-every", 1, "--device", "cpu",
+    )
+    assert code == 0, err
+    assert (out / "last.pt").is_file() and (out / "log.jsonl").is_file()
+
+
+def test_train_embedding_needs_data(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "train", "embedding", "--out", tmp_path / "emb")
+    assert code == 2
+    _assert_one_error_line(err, "--labels")

@@ -212,6 +212,29 @@ def _add_train(sub) -> None:
     r.add_argument("--latent-channels", type=int, default=None)
     r.set_defaults(func=_cmd_train_refine)
 
+    e = tsub.add_parser(
+        "embedding",
+        help="train the semantic embedding network (soft segmentation) with the L2 N-pair loss",
+        description="Train the per-pixel embedding of semantic soft segmentation on label maps "
+        "(CamVid layout) and/or binary masks (images/ + masks/). Resumes from OUT/last.pt.",
+    )
+    e.add_argument("--labels", type=Path, default=None, help="CamVid-layout folder (class ids)")
+    e.add_argument("--masks", type=Path, default=None, help="folder with images/ and masks/")
+    e.add_argument("--mask-stems", type=_stems_arg, default=None)
+    e.add_argument("--out", type=Path, default=Path("runs/embedding"))
+    e.add_argument("--iters", type=int, default=2000)
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--crop", type=int, default=256)
+    e.add_argument("--lr", type=float, default=1e-3)
+    e.add_argument("--pixels", type=int, default=250, help="P_pix, pixels per instance")
+    e.add_argument("--workers", type=int, default=1)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None)
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--ckpt-every", type=int, default=100)
+    e.add_argument("--no-pretrained", action="store_true", help="random encoder init (tests)")
+    e.set_defaults(func=_cmd_train_embedding)
+
 
 def _cmd_train_refine(args) -> int:
     from dataclasses import replace
@@ -239,6 +262,26 @@ def _cmd_train_refine(args) -> int:
         threads=args.threads,
     )
     last = train_refine(cfg, progress=sys.stderr.isatty())
+    log.info("checkpoint: %s", last)
+    return 0
+
+
+def _cmd_train_embedding(args) -> int:
+    from finecut.errors import ConfigError
+    from finecut.train.embedding import EmbeddingTrainConfig, train_embedding
+
+    if args.labels is None and args.masks is None:
+        raise ConfigError("give --labels and/or --masks")
+    cfg = EmbeddingTrainConfig(
+        label_data=str(args.labels) if args.labels else None,
+        mask_data=str(args.masks) if args.masks else None,
+        mask_stems=tuple(args.mask_stems) if args.mask_stems else None,
+        out=str(args.out), iters=args.iters, batch_size=args.batch_size, crop=args.crop,
+        lr=args.lr, n_pixels=args.pixels, workers=args.workers, seed=args.seed,
+        device=args.device, ckpt_every=args.ckpt_every, pretrained=not args.no_pretrained,
+        threads=args.threads,
+    )
+    last = train_embedding(cfg, progress=sys.stderr.isatty())
     log.info("checkpoint: %s", last)
     return 0
 
