@@ -68,7 +68,7 @@ class InferenceConfig:
 
 
 def _to_tensor(image: np.ndarray, mask: np.ndarray, device: torch.device):
-    img = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    img = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).to(device)
     img = img.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     msk = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(device)
     return img, msk[None, None]
