@@ -42,8 +42,8 @@ FEATURE_CLIP = 5.0
 GUIDE_RADIUS = 5
 #: Guided-filter regulariser for a [0, 1] guide (MATLAB's imguidedfilter default).
 GUIDE_EPS = 0.01
-# Channels filtered per OpenCV box-filter call: bounds the temporary memory to a few (H, W, 64).
-_CHUNK = 16
+# Channels filtered per chunk (4 x 32 = 128 channels per OpenCV box-filter call).
+_CHUNK = 32
 
 
 def _box_sum(x: np.ndarray, radius: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def guided_filter_channels(
     Shape:
         - guide: (H, W, 3), float in [0, 1].
         - src: (H, W, D), any D >= 1.
-        - output: (H, W, D) float64.
+        - output: (H, W, D) float64 (the per-channel arithmetic runs in float32).
 
     Args:
         guide: guidance image I.
@@ -77,7 +77,7 @@ def guided_filter_channels(
         The filtered channels.
     """
     guide = np.ascontiguousarray(guide, dtype=np.float64)
-    src = np.asarray(src, dtype=np.float64)
+    src = np.asarray(src)
     if guide.ndim != 3 or guide.shape[2] != 3:
         raise ValueError(f"guide must be (H, W, 3), got {guide.shape}")
     if src.ndim != 3 or src.shape[:2] != guide.shape[:2]:
@@ -111,20 +111,37 @@ def guided_filter_channels(
     )
     det = s_rr * adj[..., 0] + s_rg * adj[..., 1] + s_rb * adj[..., 2]
     inv = adj / det[..., None]  # rr, rg, rb, gg, gb, bb
-    inv_rows = [inv[..., [0, 1, 2]], inv[..., [1, 3, 4]], inv[..., [2, 4, 5]]]
 
+    inv = [x.astype(np.float32)[..., None] for x in np.moveaxis(inv, -1, 0)]
+    inv_rr, inv_rg, inv_rb, inv_gg, inv_gb, inv_bb = inv
+    mean_i32 = [mean_i[..., c, None].astype(np.float32) for c in range(3)]
+    guide32 = [guide[..., c, None].astype(np.float32) for c in range(3)]
+    count32 = count.astype(np.float32)
+
+    def mean32(x: np.ndarray) -> np.ndarray:
+        return _box_sum(x, radius) / count32
+
+    # Per channel p (float32, memory-bound: each chunk is boxed twice, 4 stacked moments each).
     out = np.empty(src.shape, np.float64)
     for start in range(0, src.shape[2], _CHUNK):
-        p = np.ascontiguousarray(src[..., start : start + _CHUNK])
-        mean_p = mean(p)
-        # cov[c] = E[I_c p] - E[I_c] E[p], per channel of p: (H, W, 3, d)
-        cov = np.stack([mean(guide[..., c, None] * p) - mean_i[..., c, None] * mean_p for c in range(3)], axis=2)
-        a = np.stack([np.einsum("hwc,hwcd->hwd", row, cov) for row in inv_rows], axis=2)
-        bias = mean_p - np.einsum("hwc,hwcd->hwd", mean_i, a)
-        mean_a = [mean(np.ascontiguousarray(a[:, :, c])) for c in range(3)]
-        out[..., start : start + _CHUNK] = (
-            mean_a[0] * r[..., None] + mean_a[1] * g[..., None] + mean_a[2] * b[..., None]
-        ) + mean(bias)
+        p = src[..., start : start + _CHUNK].astype(np.float32)
+        d = p.shape[2]
+        m = mean32(np.concatenate([p, guide32[0] * p, guide32[1] * p, guide32[2] * p], axis=2))
+        mean_p = m[..., :d]
+        cov_r = m[..., d : 2 * d] - mean_i32[0] * mean_p
+        cov_g = m[..., 2 * d : 3 * d] - mean_i32[1] * mean_p
+        cov_b = m[..., 3 * d :] - mean_i32[2] * mean_p
+        a_r = inv_rr * cov_r + inv_rg * cov_g + inv_rb * cov_b
+        a_g = inv_rg * cov_r + inv_gg * cov_g + inv_gb * cov_b
+        a_b = inv_rb * cov_r + inv_gb * cov_g + inv_bb * cov_b
+        bias = mean_p - a_r * mean_i32[0] - a_g * mean_i32[1] - a_b * mean_i32[2]
+        ab = mean32(np.concatenate([a_r, a_g, a_b, bias], axis=2))
+        out[..., start : start + d] = (
+            ab[..., :d] * guide32[0]
+            + ab[..., d : 2 * d] * guide32[1]
+            + ab[..., 2 * d : 3 * d] * guide32[2]
+            + ab[..., 3 * d :]
+        )
     return out
 
 
@@ -160,11 +177,18 @@ def preprocess_features(
     radius: int = GUIDE_RADIUS,
     eps: float = GUIDE_EPS,
     n_components: int = 3,
+    filter_dims: int | None = None,
 ) -> np.ndarray:
     """Raw semantic features -> the 3-D features of the paper (supplementary section 1.1).
 
     Clip to ``[-clip, clip]``, guided-filter every channel with the image as guide, PCA to
     ``n_components`` dimensions, normalise each to [0, 1].
+
+    ``filter_dims`` (finecut's fast mode) first projects the clipped features on their
+    ``filter_dims`` principal axes and filters only those. The guided filter is linear in the
+    filtered signal for a fixed guide, so this equals filtering all channels and then projecting;
+    the result differs from the paper's only by what the discarded raw directions would have
+    added to the top filtered components (128 -> 16 channels: 8x less filtering).
 
     Shape:
         - features: (H, W, D), any D >= 1, float.
@@ -178,11 +202,19 @@ def preprocess_features(
         radius: guided-filter radius; 0 skips the filter.
         eps: guided-filter regulariser.
         n_components: output dimensions.
+        filter_dims: project to this many dimensions before filtering (None: filter all, as
+            the paper).
 
     Returns:
         The preprocessed features.
     """
-    clipped = np.clip(np.asarray(features, dtype=np.float64), -clip, clip)
+    clipped = np.clip(np.asarray(features, dtype=np.float32), -clip, clip)
+    h, w, d = clipped.shape
+    if filter_dims is not None and d > filter_dims:
+        flat = clipped.reshape(-1, d).astype(np.float64)
+        flat -= flat.mean(axis=0)
+        _, vecs = np.linalg.eigh(flat.T @ flat)
+        clipped = (flat @ vecs[:, ::-1][:, :filter_dims]).reshape(h, w, filter_dims)
     if radius > 0:
         clipped = guided_filter_channels(image, clipped, radius, eps)
     return pca_features(clipped, n_components)

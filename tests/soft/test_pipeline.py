@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from finecut.errors import ConfigError, ImageError
+from finecut.soft import FAITHFUL, FAST, SoftConfig, soft_segment
+from tests.soft._synthetic import blocks
+
+
+def _check_invariants(alphas: np.ndarray, shape: tuple[int, int], n_layers: int) -> None:
+    assert alphas.dtype == np.float32
+    assert alphas.shape == (*shape, n_layers)
+    assert alphas.min() >= 0.0 and alphas.max() <= 1.0
+    assert np.abs(alphas.sum(2) - 1.0).max() < 1e-3
+    assert alphas.max((0, 1)).min() >= 0.05  # no empty layer
+
+
+@pytest.mark.parametrize("mode", ["fast", "faithful"])
+def test_blocks_give_one_layer_per_block(mode: str) -> None:
+    image, feats, labels = blocks()
+    result = soft_segment(image, feats, n_layers=4, mode=mode, preprocessed=True)
+    _check_invariants(result.alphas, labels.shape, 4)
+    assert result.mode == mode
+    # each layer is one block: mean alpha > 0.95 inside it, < 0.05 in the others
+    per_block = np.array(
+        [[result.alphas[labels == b, k].mean() for k in range(4)] for b in range(4)]
+    )
+    assert sorted(per_block.argmax(1).tolist()) == [0, 1, 2, 3]
+    assert np.sort(per_block, axis=1)[:, -1].min() > 0.95
+    assert np.sort(per_block, axis=1)[:, :-1].max() < 0.05
+    expected = {"features", "superpixels", "affinities", "laplacian", "eigenvectors"}
+    expected |= {"constrained", "grouping", "relaxed"}
+    if mode == "fast":
+        expected.add("lift")
+    assert set(result.timings) == expected
+    assert result.seconds == pytest.approx(sum(result.timings.values()))
+
+
+def test_two_layers_merge_blocks() -> None:
+    image, feats, labels = blocks()
+    result = soft_segment(image, feats, n_layers=2, preprocessed=True)
+    _check_invariants(result.alphas, labels.shape, 2)
+    hard = result.alphas.argmax(2)
+    for b in range(4):  # no block is cut between the two layers
+        assert len(np.unique(hard[labels == b])) == 1
+
+
+def test_more_layers_than_regions_returns_fewer(caplog: pytest.LogCaptureFixture) -> None:
+    image, feats, labels = blocks()
+    with caplog.at_level(logging.WARNING, logger="finecut.soft.pipeline"):
+        result = soft_segment(image, feats, n_layers=7, preprocessed=True)
+    _check_invariants(result.alphas, labels.shape, result.n_layers)
+    assert result.n_layers == 4
+    assert "7 layers asked, the image gave 4" in caplog.text
+
+
+def test_default_five_layers_on_a_busier_image() -> None:
+    rng = np.random.default_rng(3)
+    h, w = 48, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    labels = (yy // 16) * 4 + xx // 16  # 12 tiles
+    palette = rng.random((12, 3))
+    image = np.clip(palette[labels] + 0.02 * rng.standard_normal((h, w, 3)), 0, 1)
+    feats = rng.random((12, 3))[labels]
+    result = soft_segment(image, feats, preprocessed=True)
+    _check_invariants(result.alphas, (h, w), 5)
+
+
+def test_raw_features_and_uint8_image() -> None:
+    image, _, labels = blocks()
+    rng = np.random.default_rng(1)
+    raw = rng.standard_normal((4, 9))[labels] * 3 + 0.1 * rng.standard_normal((*labels.shape, 9))
+    result = soft_segment((image * 255).round().astype(np.uint8), raw, n_layers=4)
+    _check_invariants(result.alphas, labels.shape, 4)
+    assert result.features.shape == (*labels.shape, 3)
+    assert result.features.min() >= 0 and result.features.max() <= 1
+
+
+def test_missing_features_warn_and_fall_back() -> None:
+    image, _, labels = blocks()
+    with pytest.warns(UserWarning, match="no semantic features"):
+        result = soft_segment(image, n_layers=4)
+    _check_invariants(result.alphas, labels.shape, 4)
+
+
+@pytest.mark.parametrize("mode", ["fast", "faithful"])
+def test_progress_and_determinism(mode: str) -> None:
+    image, feats, _ = blocks(seed=5)
+    calls: list[tuple[str, int, int]] = []
+    a = soft_segment(
+        image, feats, mode=mode, preprocessed=True, progress=lambda *c: calls.append(c)
+    )
+    b = soft_segment(image, feats, mode=mode, preprocessed=True)
+    np.testing.assert_array_equal(a.alphas, b.alphas)
+    assert [c[0] for c in calls] == list(a.timings)
+    assert [c[1] for c in calls] == list(range(1, len(calls) + 1))
+    assert all(c[2] == len(calls) for c in calls)
+
+
+def test_custom_config() -> None:
+    image, feats, labels = blocks()
+    config = SoftConfig(graph="superpixels", n_eigenvectors=8, relaxed_outer=2, relaxed_cg=10)
+    result = soft_segment(image, feats, n_layers=4, preprocessed=True, config=config)
+    assert result.mode == "custom"
+    _check_invariants(result.alphas, labels.shape, 4)
+    assert FAITHFUL.graph == "pixels" and FAST.graph == "superpixels"
+    assert FAITHFUL.n_eigenvectors == FAST.n_eigenvectors == 100
+    with pytest.raises(ConfigError, match="graph"):
+        SoftConfig(graph="grid")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="n_eigenvectors"):
+        SoftConfig(n_eigenvectors=0)
+
+
+@pytest.mark.parametrize(
+    ("image", "features", "kwargs", "match"),
+    [
+        (np.zeros((16, 16)), None, {}, r"image must be \(H, W, 3\)"),
+        (np.zeros((16, 16, 4)), None, {}, r"image must be \(H, W, 3\)"),
+        (np.zeros((4, 16, 3)), None, {}, "at least 8x8"),
+        (np.full((16, 16, 3), 2.0), None, {}, r"float image must be in \[0, 1\]"),
+        (np.full((16, 16, 3), np.nan), None, {}, "NaN"),
+        (np.zeros((16, 16, 3), bool), None, {}, "dtype bool"),
+        (np.zeros((16, 16, 3)), np.zeros((15, 16, 3)), {}, r"features must be \(H, W, D\)"),
+        (np.zeros((16, 16, 3)), np.zeros((16, 16, 4)), {"preprocessed": True}, "3 channels"),
+        (np.zeros((16, 16, 3)), np.full((16, 16, 3), 3.0), {"preprocessed": True}, r"\[0, 1\]"),
+        (np.zeros((16, 16, 3)), np.full((16, 16, 8), np.inf), {}, "NaN or infinite"),
+    ],
+)
+def test_bad_inputs_raise_image_error(image, features, kwargs, match) -> None:
+    with pytest.raises(ImageError, match=match):
+        soft_segment(image, features, **kwargs)
+
+
+def test_bad_options_raise_config_error() -> None:
+    image, feats, _ = blocks()
+    with pytest.raises(ConfigError, match="mode"):
+        soft_segment(image, feats, mode="slow")  # type: ignore[arg-type]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="n_layers"):
+            soft_segment(image, feats, n_layers=bad)  # type: ignore[arg-type]
