@@ -181,6 +181,223 @@ def _cmd_refine(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- soft
+#: Largest image each mode takes at full resolution (pixels); larger ones need --max-side.
+SOFT_MAX_PIXELS = {"fast": 4_200_000, "faithful": 640 * 480}
+
+
+def _add_soft(sub) -> None:
+    p = sub.add_parser(
+        "soft",
+        help="split an image into soft alpha layers (semantic soft segmentation)",
+        description="Semantic soft segmentation (Aksoy et al. 2018): IMAGE -> N soft layers whose "
+        "alphas sum to one at every pixel. Writes DIR/layer_K.png (RGBA: the image with the "
+        "layer's alpha), DIR/composite.png (layers colour-coded) and DIR/alphas.npy "
+        "((H, W, N) float32).",
+    )
+    p.add_argument("image", type=Path, help="image file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--layers", type=int, default=5, help="number of layers (default 5)")
+    p.add_argument("--mode", choices=("fast", "faithful"), default="fast")
+    p.add_argument(
+        "--features",
+        default="auto",
+        help="semantic features: 'auto' (finecut's embedding network when its weights are "
+        "installed, else colour + position), 'embedding', 'none' (colour + position), or a "
+        "file: .npy (H, W, D) raw features, or an image holding 3-channel preprocessed features",
+    )
+    p.add_argument(
+        "--preprocessed",
+        action="store_true",
+        help="the .npy features are already the paper's 3 channels in [0, 1]",
+    )
+    p.add_argument("--embedding", default=None, help="embedding weights (default: embedded)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="solve at this longer side and upsample the layers (needed for large images)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="device of the embedding network")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_soft)
+
+
+def _soft_outputs(out: Path, n: int) -> list[Path]:
+    return [out / f"layer_{k}.png" for k in range(n)] + [out / "composite.png", out / "alphas.npy"]
+
+
+def _soft_features(args, image, shape):
+    """(features, preprocessed) for the pipeline, or (None, False) for colour + position."""
+    import numpy as np
+
+    from finecut.errors import ConfigError, WeightsError
+
+    choice = args.features
+    if choice == "none":
+        return None, False
+    if choice in ("auto", "embedding"):
+        from finecut.models.embedding import DEFAULT_EMBEDDING_WEIGHTS, load_embedding_model
+        from finecut.weights import WEIGHTS_DIR
+
+        weights = args.embedding
+        if weights is None and not (WEIGHTS_DIR / f"{DEFAULT_EMBEDDING_WEIGHTS}.json").is_file():
+            if choice == "embedding":
+                raise WeightsError(
+                    "this finecut has no embedded embedding weights; pass --embedding FILE, "
+                    "--features FILE.npy or --features none"
+                )
+            log.warning(
+                "no embedded embedding network in this finecut: using colour + position "
+                "features (pass --features FILE.npy for semantic features)"
+            )
+            return None, False
+        from finecut.devices import resolve_device
+
+        model = load_embedding_model(weights, resolve_device(args.device))
+        return model.embed(image), False
+    path = Path(choice)
+    if not path.is_file():
+        raise ConfigError(
+            f"--features {choice!r}: not a file, and not one of auto, embedding, none"
+        )
+    if path.suffix.lower() == ".npy":
+        try:
+            feats = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"features file {str(path)!r} cannot be read: {exc}") from None
+        if feats.ndim == 2:
+            feats = feats[..., None]
+        if feats.ndim != 3 or feats.shape[:2] != shape:
+            raise ImageError(
+                f"features {str(path)!r} are {feats.shape}, expected (H, W, D) with "
+                f"(H, W) = {shape} like the image"
+            )
+        return feats, args.preprocessed
+    from finecut.data.io import read_image
+
+    feats = read_image(path)
+    if feats.shape[:2] != shape:
+        raise ImageError(
+            f"features image {str(path)!r} is {feats.shape[1]}x{feats.shape[0]} but the image is "
+            f"{shape[1]}x{shape[0]}"
+        )
+    return feats, True
+
+
+def _cmd_soft(args) -> int:
+    import cv2
+    import numpy as np
+
+    from finecut.data.io import read_image, write_image
+    from finecut.errors import ConfigError
+    from finecut.soft import soft_segment
+    from finecut.viz import soft_composite
+
+    if args.layers < 1:
+        raise ConfigError(f"--layers must be >= 1, got {args.layers}")
+    if args.max_side is not None and args.max_side < 16:
+        raise ConfigError(f"--max-side must be >= 16, got {args.max_side}")
+    if args.output.exists() and not args.output.is_dir():
+        raise ImageError(f"output {str(args.output)!r} exists and is not a folder")
+    existing = [p for p in _soft_outputs(args.output, args.layers) if p.exists()]
+    if existing and not args.overwrite:
+        raise ImageError(
+            f"{str(existing[0])!r} exists (pass --overwrite to replace the outputs in "
+            f"{str(args.output)!r})"
+        )
+    image = read_image(args.image)
+    h, w = image.shape[:2]
+    features, preprocessed = _soft_features(args, image, (h, w))
+    work_image = image
+    if args.max_side is not None and max(h, w) > args.max_side:
+        scale = args.max_side / max(h, w)
+        size = (max(16, round(w * scale)), max(16, round(h * scale)))
+        work_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if features is not None:
+            features = np.stack(
+                [
+                    cv2.resize(np.ascontiguousarray(features[..., c]), size, cv2.INTER_AREA)
+                    for c in range(features.shape[2])
+                ],
+                axis=2,
+            )
+    limit = SOFT_MAX_PIXELS[args.mode]
+    if work_image.shape[0] * work_image.shape[1] > limit:
+        side = int((limit * max(h, w) / min(h, w)) ** 0.5)
+        raise ImageError(
+            f"{args.image.name} is {w}x{h}: {args.mode} mode takes at most {limit:,} pixels "
+            f"(pass --max-side {side} or less to solve at a lower resolution)"
+        )
+    from tqdm import tqdm
+
+    bar = tqdm(total=9, unit="step", disable=not sys.stderr.isatty())
+
+    def progress(step: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.set_postfix_str(step)
+        bar.update(done - bar.n)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = soft_segment(
+            work_image,
+            features,
+            n_layers=args.layers,
+            mode=args.mode,
+            progress=progress,
+            preprocessed=preprocessed,
+            seed=args.seed,
+        )
+    bar.close()
+    for wmsg in caught:
+        if features is None and "no semantic features" in str(wmsg.message):
+            continue  # said above, once, in CLI words
+        log.warning("%s", wmsg.message)
+    alphas = result.alphas
+    if alphas.shape[:2] != (h, w):
+        alphas = cv2.resize(alphas, (w, h), interpolation=cv2.INTER_LINEAR)
+        if alphas.ndim == 2:
+            alphas = alphas[..., None]
+        alphas = np.clip(alphas, 0.0, 1.0)
+        alphas /= np.maximum(alphas.sum(2, keepdims=True), 1e-12)
+    protect = [args.image] + ([Path(args.features)] if Path(args.features).is_file() else [])
+    args.output.mkdir(parents=True, exist_ok=True)
+    k = alphas.shape[2]
+    for i in range(k):
+        a = np.round(alphas[..., i] * 255.0).astype(np.uint8)
+        rgba = np.concatenate([image, a[..., None]], axis=2)
+        write_image(args.output / f"layer_{i}.png", rgba, overwrite=True, protect=protect)
+    write_image(args.output / "composite.png", soft_composite(alphas), protect=protect)
+    _save_npy(args.output / "alphas.npy", alphas.astype(np.float32))
+    log.info(
+        "%d soft layers of %s (%s mode, %.1f s) in %s: layer_0..%d.png, composite.png, "
+        "alphas.npy",
+        k, args.image.name, result.mode, result.seconds, args.output, k - 1,
+    )
+    if k < args.layers:
+        log.warning("%d layers asked, the image gave %d", args.layers, k)
+    return 0
+
+
+def _save_npy(path: Path, array) -> None:
+    """Write an .npy atomically (temporary file in the same folder, then rename)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 # ------------------------------------------------------------------------------------------ train
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model")
@@ -365,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_refine(sub)
+    _add_soft(sub)
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)

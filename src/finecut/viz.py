@@ -5,7 +5,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["overlay_mask", "side_by_side"]
+__all__ = ["LAYER_COLORS", "layer_colors", "overlay_mask", "side_by_side", "soft_composite"]
+
+#: Colours of the first soft layers (RGB), as in the figures of semantic soft segmentation.
+LAYER_COLORS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (255, 225, 25),
+    (145, 30, 180),
+    (245, 130, 48),
+    (70, 240, 240),
+    (240, 50, 230),
+    (128, 128, 0),
+    (0, 0, 128),
+)
 
 
 def overlay_mask(
@@ -56,3 +70,30 @@ def side_by_side(panels: list[np.ndarray], *, height: int = 360, gap: int = 6) -
         rows.append(cv2.resize(p, (w, height), interpolation=cv2.INTER_AREA))
         rows.append(np.full((height, gap, 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=1)
+
+
+def layer_colors(n: int) -> np.ndarray:
+    """``n`` distinct RGB colours: :data:`LAYER_COLORS` first, then evenly spaced hues.
+
+    Shape: -> (n, 3) uint8.
+    """
+    colors = [tuple(c) for c in LAYER_COLORS[:n]]
+    for i in range(len(colors), n):
+        hue = np.uint8(round(180 * ((i * 0.618034) % 1.0)))
+        hsv = np.array([[[hue, 200, 230]]], np.uint8)
+        colors.append(tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
+    return np.asarray(colors, np.uint8).reshape(n, 3)
+
+
+def soft_composite(alphas: np.ndarray) -> np.ndarray:
+    """Colour-code soft layers: each pixel is the alpha-weighted mix of its layers' colours.
+
+    Shape:
+        alphas: (H, W, K) float in [0, 1] (summing to 1) -> (H, W, 3) uint8.
+    """
+    alphas = np.asarray(alphas, dtype=np.float32)
+    if alphas.ndim != 3:
+        raise ValueError(f"alphas must be (H, W, K), got shape {alphas.shape}")
+    colors = layer_colors(alphas.shape[2]).astype(np.float32)
+    mixed = alphas.reshape(-1, alphas.shape[2]) @ colors
+    return np.clip(mixed, 0, 255).round().astype(np.uint8).reshape(*alphas.shape[:2], 3)

@@ -299,7 +299,7 @@ class _Clock:
     def done(self, step: str) -> None:
         now = time.perf_counter()
         self.timings[step] = now - self._start
-        log.info("soft: %s %.2f s", step, self.timings[step])
+        log.debug("soft: %s %.2f s", step, self.timings[step])
         self._start = now
         if self._progress is not None:
             self._progress(step, len(self.timings), self._total)
