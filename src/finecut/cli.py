@@ -452,6 +452,10 @@ def _add_train(sub) -> None:
     e.add_argument("--no-pretrained", action="store_true", help="random encoder init (tests)")
     e.set_defaults(func=_cmd_train_embedding)
 
+    from finecut.segment.commands import add_train_parser
+
+    add_train_parser(tsub)
+
 
 def _cmd_train_refine(args) -> int:
     from dataclasses import replace
@@ -534,6 +538,10 @@ def _add_eval(sub) -> None:
     r.add_argument("--threads", type=int, default=None)
     r.set_defaults(func=_cmd_eval_refine)
 
+    from finecut.segment.commands import add_eval_parser
+
+    add_eval_parser(esub)
+
 
 def _cmd_eval_refine(args) -> int:
     from finecut.refine.evaluate import evaluate_refine, format_table
@@ -586,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)
+    from finecut.segment.commands import add_top_parsers
+
+    add_top_parsers(sub)
     return parser
 
 

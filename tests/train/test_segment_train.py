@@ -1,0 +1,228 @@
+"""train segment: data, config files, a 3-step run, resume, prune, the CLI handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finecut.errors import ConfigError, ImageError
+from finecut.models.segmenter import SegmenterConfig
+from finecut.segment.commands import add_parsers
+from finecut.train.segment import (
+    SegmentTrainConfig,
+    load_train_config,
+    save_train_config,
+    segment_loss,
+    train_segment,
+)
+from finecut.train.segment_data import SegmentDataset, segment_items
+from tests.segment._synthetic import VOID, write_camvid
+
+
+@pytest.fixture
+def camvid(tmp_path: Path) -> Path:
+    return write_camvid(tmp_path / "camvid", {"train": 4, "val": 2}, size=(48, 64))
+
+
+def _cfg(data: Path, out: Path, **changes) -> SegmentTrainConfig:
+    base = SegmentTrainConfig(
+        data=str(data),
+        out=str(out),
+        model=SegmenterConfig(downsample="poly", search=True),
+        iters=3,
+        batch_size=2,
+        crop=(48, 48),
+        scale_range=(0.75, 1.25),
+        workers=0,
+        pretrained=False,
+        ckpt_every=2,
+        log_every=1,
+        device="cpu",
+        threads=1,
+    )
+    return replace(base, **changes)
+
+
+def _steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_dataset_items_and_augmentation(camvid: Path) -> None:
+    items = segment_items(camvid, "train")
+    assert [i.stem for i in items] == [f"train_{k:03d}" for k in range(4)]
+    data = SegmentDataset(items, crop=(40, 56), scale_range=(0.5, 0.6), seed=1)
+    image, labels = data[2]
+    assert image.shape == (3, 40, 56) and image.dtype == torch.float32
+    assert labels.shape == (40, 56) and labels.dtype == torch.int64
+    assert 0 <= float(image.min()) and float(image.max()) <= 1
+    assert (labels == VOID).any()  # padding (scaled image smaller than the crop) is void
+    again, same = data[2]
+    torch.testing.assert_close(image, again)
+    torch.testing.assert_close(labels, same)
+    other, _ = data[2 + len(data)]  # same image, next epoch
+    assert not torch.equal(image, other)
+    whole, whole_labels = SegmentDataset(items, crop=None)[0]
+    assert whole.shape == (3, 48, 64) and whole_labels.shape == (48, 64)
+
+
+def test_missing_listed_stem(camvid: Path) -> None:
+    (camvid / "val.txt").write_text("val_000\nnope\n")
+    with pytest.raises(ImageError, match="nope"):
+        segment_items(camvid, "val")
+
+
+def test_loss_ignores_void() -> None:
+    logits = torch.randn(1, 11, 4, 4, requires_grad=True)
+    labels = torch.full((1, 4, 4), VOID)
+    loss = segment_loss(logits, labels)
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    labels[0, 0, 0] = 3
+    expected = torch.nn.functional.cross_entropy(logits[:, :, 0, 0], torch.tensor([3]))
+    torch.testing.assert_close(segment_loss(logits, labels), expected)
+
+
+def test_train_config_yaml_round_trip(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "d", tmp_path / "o")
+    path = save_train_config(tmp_path / "train.yaml", cfg)
+    assert load_train_config(path) == cfg
+    assert load_train_config(path, iters=7, out=None).iters == 7
+    path.write_text(path.read_text() + "epochs: 3\n")
+    with pytest.raises(ConfigError, match="unknown training config keys: epochs"):
+        load_train_config(path)
+    with pytest.raises(ConfigError, match="unknown segmenter config keys: pooling"):
+        SegmentTrainConfig.from_dict({"data": "x", "model": {"pooling": "max"}})
+    with pytest.raises(ConfigError, match="optimizer"):
+        replace(cfg, optimizer="lbfgs")
+
+
+def test_three_steps_checkpoint_and_resume(camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    last = train_segment(_cfg(camvid, out))
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["kind"] == "segment" and state["step"] == 3
+    assert _steps(out) == [1, 2, 3]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and "sparse_loss" in r for r in records)
+    assert 0 <= records[-1]["val_miou"] <= 1  # evaluated on val at the end
+    assert (out / "config.yaml").is_file()
+    weights = [v for k, v in state["model"].items() if k.endswith("connection_weights")]
+    assert weights and all(float(w.min()) >= 0 and float(w.max()) <= 2 for w in weights)
+
+    train_segment(_cfg(camvid, out, iters=5))  # resumes at step 3
+    assert torch.load(last, map_location="cpu", weights_only=True)["step"] == 5
+    assert _steps(out) == [1, 2, 3, 4, 5]
+
+    other = _cfg(camvid, out, iters=6, model=SegmenterConfig(downsample="max"))
+    with pytest.raises(ConfigError, match="another model config"):
+        train_segment(other)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finecut")
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train").add_subparsers(dest="what")
+    evaluate = sub.add_parser("eval").add_subparsers(dest="what")
+    add_parsers(train, evaluate, sub)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_handlers_train_eval_segment_prune(camvid: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "search"
+    config = save_train_config(tmp_path / "search.yaml", _cfg(camvid, out, iters=2))
+    assert _run(["train", "segment", "--config", str(config), "--no-pretrained"]) == 0
+    last = out / "last.pt"
+
+    assert _run(["eval", "segment", "--data", str(camvid), "--split", "val",
+                 "--weights", str(last), "--device", "cpu"]) == 0  # fmt: skip
+    assert "mIoU" in capsys.readouterr().out
+
+    image = camvid / "val" / "images" / "val_000.png"
+    label_path = tmp_path / "pred" / "val_000.png"
+    assert _run(["segment", str(image), "-o", str(label_path), "--weights", str(last),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    from finecut.data.io import read_image, read_mask
+
+    assert read_mask(label_path).shape == (48, 64) and read_mask(label_path).max() <= 10
+    assert read_image(tmp_path / "pred" / "val_000_overlay.png").shape == (48, 64, 3)
+
+    # prune: zero most connection weights of the searched decoder first
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    for key, w in state["model"].items():
+        if key.endswith("connection_weights"):
+            w.zero_()
+            w[:2] = 1.0
+    torch.save(state, last)
+    pruned_yaml = tmp_path / "pruned.yaml"
+    assert _run(["prune", "--checkpoint", str(last), "-o", str(pruned_yaml)]) == 0
+    pruned = load_train_config(pruned_yaml)
+    assert pruned.model.decoder == "pruned" and not pruned.model.search
+    assert pruned.out == f"{out}_pruned"
+    assert len(pruned.model.graph.stages) < 5
+
+    # retrain the pruned decoder from its config for one step
+    assert _run(["train", "segment", "--config", str(pruned_yaml), "--iters", "1"]) == 0
+    assert torch.load(Path(pruned.out) / "last.pt", weights_only=True)["step"] == 1
+
+    with pytest.raises(ConfigError, match="not trained in search mode"):
+        _run(["prune", "--checkpoint", str(Path(pruned.out) / "last.pt"), "-o",
+              str(tmp_path / "x.yaml")])  # fmt: skip
+
+
+DDP_SCRIPT = """
+import sys
+from finecut.train.segment import load_train_config, train_segment
+train_segment(load_train_config(sys.argv[1]))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_torchrun_two_cpu_processes(camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    config = save_train_config(tmp_path / "ddp.yaml", _cfg(camvid, out, iters=2, batch_size=4))
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(29600 + os.getpid() % 1000), str(script), str(config),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 2
+    assert _steps(out) == [1, 2]  # rank 0 only
+
+
+def test_real_camvid_layout(shared_data: Path) -> None:
+    from finecut.train.segment_data import load_pair
+
+    root = shared_data / "camvid"
+    counts = {split: len(segment_items(root, split)) for split in ("train", "val", "test")}
+    assert counts == {"train": 367, "val": 101, "test": 233}
+    image, labels = load_pair(segment_items(root, "test")[0], num_classes=11)
+    assert image.shape == (360, 480, 3) and labels.shape == (360, 480)
+    assert labels.min() >= 0 and labels.max() <= VOID
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parents[2] / "configs" / "segment").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = load_train_config(path)
+    assert cfg.data.endswith("camvid") and cfg.out.startswith("runs/camvid/")
