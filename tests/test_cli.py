@@ -82,6 +82,7 @@ def _refine(capsys, image: Path, mask: Path, out: Path, weights: Path, *extra: o
         weights,
         "--device",
         "cpu",
+        "--no-snap",  # the tiny weights then return the input mask exactly
         *extra,
     )
 
@@ -123,7 +124,7 @@ def test_refine_soft_writes_8bit_alpha(capsys, pair, tmp_path, noisy_weights) ->
     im, data = _read(out)
     assert im.mode == "L" and data.dtype == np.uint8 and data.shape == (H, W)
     rgb, coarse = _scene()
-    prob = Refiner(weights=noisy_weights, device="cpu").refine(rgb, coarse, soft=True)
+    prob = Refiner(weights=noisy_weights, device="cpu").refine(rgb, coarse, soft=True, snap=False)
     np.testing.assert_array_equal(data, np.round(prob * 255.0).astype(np.uint8))
     assert ((data > 0) & (data < 255)).any()  # really soft, not a 0/255 mask
 
@@ -498,7 +499,7 @@ def test_eval_refine_prints_a_table(capsys, tiny_dataset, tiny_crm_weights) -> N
         "--data",
         tiny_dataset,
         "--methods",
-        "finecut,guided",
+        "finecut-nosnap,finecut,guided",
         "--weights",
         tiny_crm_weights,
         "--device",
@@ -510,12 +511,12 @@ def test_eval_refine_prints_a_table(capsys, tiny_dataset, tiny_crm_weights) -> N
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0] not in ("method", "---"):
             rows[cells[0]] = cells
-    assert list(rows) == ["coarse", "finecut", "guided"]
+    assert list(rows) == ["coarse", "finecut-nosnap", "finecut", "guided"]
     assert "4 images" in out
     for name, (_, iou, mba, _) in rows.items():
         assert 0.0 < float(iou) <= 100.0 and 0.0 <= float(mba) <= 100.0, name
-    # untrained weights return the coarse mask, so finecut scores exactly what coarse scores
-    assert rows["finecut"][1:3] == rows["coarse"][1:3]
+    # untrained weights return the coarse mask, so CRM alone scores exactly what coarse scores
+    assert rows["finecut-nosnap"][1:3] == rows["coarse"][1:3]
 
 
 def test_export_writes_loadable_weights(trained_run, tmp_path) -> None:

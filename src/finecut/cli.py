@@ -62,6 +62,11 @@ def _add_refine(sub) -> None:
         action="store_true",
         help="query every pixel at every scale (CRM's own inference; slower)",
     )
+    p.add_argument(
+        "--no-snap",
+        action="store_true",
+        help="skip edge snapping (matting in a thin band after CRM): the CRM output alone",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=_cmd_refine)
 
@@ -104,7 +109,9 @@ def _refine_one(
     image, mask = _load_pair(image_path, mask_path, args.resize_mask)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = refiner.refine(image, mask, soft=args.soft)
+        result = refiner.refine(
+            image, mask, soft=args.soft, full_query=args.full_query, snap=not args.no_snap
+        )
     for w in caught:
         log.warning("%s: %s", image_path.name, w.message)
     alpha = (result * 255.0).round().astype("uint8") if args.soft else result
@@ -525,7 +532,8 @@ def _add_eval(sub) -> None:
     r.add_argument(
         "--methods",
         default="finecut",
-        help="comma list of: finecut, finecut-full, guided, matting (default: finecut)",
+        help="comma list of: finecut, finecut-nosnap, finecut-full, guided, matting "
+        "(default: finecut)",
     )
     r.add_argument(
         "--upscale",

@@ -13,6 +13,7 @@ import finecut
 from finecut.errors import ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
 from finecut.refine.api import Refiner, as_mask, as_rgb, load_refiner_model
+from finecut.refine.inference import InferenceConfig
 from finecut.train.common import save_checkpoint
 from finecut.weights import write_weights
 
@@ -131,7 +132,9 @@ def _scene(h: int = 64, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def refiner(tiny_crm_weights: Path) -> Refiner:
-    return Refiner(weights=tiny_crm_weights, device="cpu")
+    # no snapping: these tests check the CRM path, which returns the coarse mask for the tiny
+    # weights; snapping is tested in tests/refine/test_snap.py
+    return Refiner(weights=tiny_crm_weights, device="cpu", config=InferenceConfig(snap=False))
 
 
 def test_refine_returns_a_binary_mask_of_the_image_size(refiner: Refiner) -> None:
@@ -188,8 +191,11 @@ def test_mask_of_another_size_is_refused(refiner: Refiner) -> None:
 def test_one_call_refine(tiny_crm_weights: Path) -> None:
     image, mask = _scene()
     assert callable(finecut.refine)
-    out = finecut.refine(image, mask, weights=tiny_crm_weights, device="cpu")
+    crm_only = InferenceConfig(snap=False)
+    out = finecut.refine(image, mask, weights=tiny_crm_weights, device="cpu", config=crm_only)
     np.testing.assert_array_equal(out, mask)
+    snapped = finecut.refine(image, mask, weights=tiny_crm_weights, device="cpu")
+    assert snapped.shape == mask.shape and set(np.unique(snapped)) <= {0, 255}
     soft = finecut.refine(image, mask, weights=str(tiny_crm_weights), device="cpu", soft=True)
     assert soft.dtype == np.float32
     assert isinstance(finecut.Refiner(weights=tiny_crm_weights, device="cpu"), Refiner)
@@ -280,7 +286,8 @@ def test_a_training_checkpoint_works(tiny_crm_weights: Path, tmp_path: Path) -> 
     from finecut.refine.inference import refine_probability
 
     want = refine_probability(model.eval(), image, mask > 127, refiner.config)
-    np.testing.assert_allclose(refiner.refine(image, mask, soft=True), want, atol=1e-6)
+    got = refiner.refine(image, mask, soft=True, snap=False)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_a_foreign_checkpoint_is_refused(tmp_path: Path) -> None:

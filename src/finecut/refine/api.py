@@ -20,6 +20,7 @@ import torch
 from finecut.errors import ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
 from finecut.refine.inference import InferenceConfig, refine_probability
+from finecut.refine.snap import snap_band, snap_to_edges
 from finecut.weights import WEIGHTS_DIR, load_manifest, load_state_dict
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class Refiner:
         *,
         soft: bool = False,
         full_query: bool | None = None,
+        snap: bool | None = None,
         progress=None,
     ) -> np.ndarray:
         """Refine ``mask`` for ``image`` at full resolution.
@@ -166,6 +168,7 @@ class Refiner:
             mask: (H, W) coarse mask (bool, uint8 > 127, or float >= 0.5 is foreground).
             soft: return the float32 probability instead of a uint8 0/255 mask.
             full_query: override the config's ``full_query`` (CRM's query-everything inference).
+            snap: override the config's ``snap`` (edge snapping after CRM, on by default).
 
         Returns:
             (H, W) uint8 mask in {0, 255}, or float32 probability in [0, 1] if ``soft``.
@@ -177,6 +180,8 @@ class Refiner:
             mh, mw = coarse.shape
             raise ImageError(f"mask is {mw}x{mh} but image is {w}x{h} (width x height)")
         cfg = self.config if full_query is None else replace(self.config, full_query=full_query)
+        if snap is not None:
+            cfg = replace(cfg, snap=snap)
         ys, xs = np.nonzero(coarse)
         if len(ys) == 0 or len(ys) == coarse.size:
             warnings.warn(
@@ -194,6 +199,10 @@ class Refiner:
             prob = refine_probability(
                 self.model, rgb, coarse, cfg, device=self.device, progress=progress
             )
+            if cfg.snap:
+                h, w = coarse.shape
+                band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
+                prob = snap_to_edges(rgb, prob, band)
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))

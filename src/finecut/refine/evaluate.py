@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "MethodResult", "evaluate_refine", "format_table", "synth_coarse"]
 
-METHODS = ("finecut", "finecut-full", "guided", "matting")
+#: finecut: band inference + edge snapping (the default); finecut-nosnap: band inference alone;
+#: finecut-full: CRM's own inference (every pixel queried at every scale, no snapping).
+METHODS = ("finecut", "finecut-nosnap", "finecut-full", "guided", "matting")
 
 
 @dataclass
@@ -70,12 +72,12 @@ def synth_coarse(gt: np.ndarray, stem: str, seed: int) -> np.ndarray:
 def _method_fn(
     name: str, device, weights, threads
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    if name in ("finecut", "finecut-full"):
+    if name in ("finecut", "finecut-nosnap", "finecut-full"):
         from finecut.refine.api import Refiner
 
         refiner = Refiner(device, weights=weights, threads=threads)
-        full = name == "finecut-full"
-        return lambda img, coarse: refiner.refine(img, coarse, full_query=full) > 127
+        full, snap = name == "finecut-full", name == "finecut"
+        return lambda img, coarse: refiner.refine(img, coarse, full_query=full, snap=snap) > 127
     if name == "guided":
         from finecut.refine.baselines import guided_filter_refine
 

@@ -52,6 +52,11 @@ class InferenceConfig:
         margin: context around each tile, in pixels of the resized image.
         chunk: queries per call of the implicit head.
         min_object: objects whose bounding box is smaller than this (both sides) are copied through.
+        snap: finish with edge snapping (closed-form matting in a thin band around the refined
+            boundary, :mod:`finecut.refine.snap`); False gives the CRM output alone.
+        snap_fraction: snapping band half-width as a fraction of H + W (0.006: 4 px at 400x300).
+        snap_min_band: lower bound of the snapping band, pixels.
+        snap_max_band: upper bound of the snapping band, pixels (bounds the cost at 8K).
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -65,6 +70,10 @@ class InferenceConfig:
     margin: int = 32
     chunk: int = 1 << 16
     min_object: int = 32
+    snap: bool = True
+    snap_fraction: float = 0.006
+    snap_min_band: int = 2
+    snap_max_band: int = 16
 
 
 def _to_tensor(image: np.ndarray, mask: np.ndarray, device: torch.device):
