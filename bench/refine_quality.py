@@ -9,8 +9,9 @@ U(0.8, 1.0) plus segmenter-like degradations), so every method sees the same inp
 
 * ``guided``: a guided filter of the coarse mask by the image, thresholded (He et al.).
 * ``matting``: closed-form matting (pymatting) on a trimap made by eroding/dilating the coarse mask.
-* ``finecut``: the embedded CRM model with finecut's band inference (the default).
-* ``finecut-full``: the same model queried at every pixel (CRM's own inference).
+* ``finecut-full``: the embedded CRM model queried at every pixel (CRM's own inference).
+* ``finecut-nosnap``: the same model with finecut's band inference, no edge snapping.
+* ``finecut``: band inference + edge snapping (``finecut.refine.snap``), the default.
 
 IoU is dataset-level (sum of intersections over sum of unions); mBA is CascadePSP's, averaged over
 images. Dense CRF was the other candidate baseline: no maintained wheel installs for Python 3.11
@@ -31,7 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.path.normpath(ROOT_DATA))
     p.add_argument("--stems", default="801-1000")
-    p.add_argument("--methods", default="guided,matting,finecut,finecut-full")
+    p.add_argument("--methods", default="guided,matting,finecut-full,finecut-nosnap,finecut")
     p.add_argument("--upscale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
