@@ -5,9 +5,10 @@
     .venv/bin/python bench/refine_speed.py --images aeroplane@2.2 --modes band   # 7682x5122
 
 Each (image, mode) runs in its own subprocess so peak RSS (``ru_maxrss``) belongs to that mode
-alone. Both modes use the same model, scales and tiles; ``full`` queries every full-resolution
-pixel at every scale (CRM's own inference), ``band`` is finecut's default (band queries + tiles
-that contain band pixels only). The table gives wall time of the refine call (model already
+alone. All modes use the same model, scales and tiles; ``full`` queries every full-resolution
+pixel at every scale (CRM's own inference), ``band`` is finecut's inference (band queries + tiles
+that contain band pixels only), ``snap`` is ``band`` followed by edge snapping (finecut's default,
+``finecut.refine.snap``). The table gives wall time of the refine call (model already
 loaded), peak RSS of the process, and how far finecut's mask is from the full-query mask: IoU and
 mBA measured with the full-query mask as the reference. Printed as a markdown table.
 """
@@ -61,7 +62,9 @@ def _child(args) -> None:
         if refiner.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        prob = refiner.refine(image, mask, soft=True, full_query=args.mode == "full")
+        prob = refiner.refine(
+            image, mask, soft=True, full_query=args.mode == "full", snap=args.mode == "snap"
+        )
         if refiner.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -114,7 +117,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None)
-    p.add_argument("--modes", default="full,band")
+    p.add_argument("--modes", default="full,band,snap")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--image", default="aeroplane", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="band", help=argparse.SUPPRESS)
