@@ -224,7 +224,7 @@ class SemanticEmbedding(nn.Module):
             )
         h, w = image.shape[:2]
         param = next(self.parameters())
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(param.device)
+        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(param.device)
         x = x.permute(2, 0, 1).unsqueeze(0).to(param.dtype) / 255.0
         if max_side is not None and max(h, w) > max_side:
             scale = max_side / max(h, w)
