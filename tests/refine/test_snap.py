@@ -68,3 +68,12 @@ def test_object_thinner_than_the_band_is_returned() -> None:
     prob = np.zeros(image.shape[:2], np.float32)
     prob[40:43, 10:100] = 0.9  # a 3-px line: no definite foreground survives a 4-px band
     np.testing.assert_array_equal(snap_to_edges(image, prob, band=4), prob)
+
+
+def test_tiles_match_the_single_solve() -> None:
+    """Solving in small tiles with margins gives the alpha of one solve over the whole image."""
+    image, _, guess = _disk_scene(shift=2)
+    whole = snap_to_edges(image, guess, band=3, tile=4096)
+    tiled = snap_to_edges(image, guess, band=3, tile=32)
+    assert np.abs(whole - tiled).max() < 0.02
+    np.testing.assert_array_equal(whole > 0.5, tiled > 0.5)

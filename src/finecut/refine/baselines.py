@@ -56,6 +56,7 @@ __all__ = [
     "default_radius",
     "guided_filter",
     "guided_filter_refine",
+    "solve_alpha",
     "make_trimap",
     "matting_refine",
 ]
@@ -326,9 +327,13 @@ def make_trimap(coarse: np.ndarray, band: int) -> np.ndarray:
     return trimap
 
 
-def _solve_alpha(
-    image: np.ndarray, trimap: np.ndarray, method: str, cf_epsilon: float
+def solve_alpha(
+    image: np.ndarray, trimap: np.ndarray, method: str = "cf", cf_epsilon: float = 1e-5
 ) -> np.ndarray:
+    """Alpha of a trimap (1 fg, 0 bg, 0.5 unknown) by pymatting's ``method``.
+
+    Shape: image (H, W, 3) float64 in [0, 1]; trimap (H, W) float64 -> (H, W) float64.
+    """
     import pymatting  # numba-compiled and slow to import; only this baseline needs it
 
     if method == "cf":
@@ -439,7 +444,7 @@ def matting_refine(
             f"got {w}x{h}"
         )
     alpha = trimap.copy()
-    alpha[y0:y1, x0:x1] = _solve_alpha(np.ascontiguousarray(crop_img), crop_tri, method, cf_epsilon)
+    alpha[y0:y1, x0:x1] = solve_alpha(np.ascontiguousarray(crop_img), crop_tri, method, cf_epsilon)
     # The solvers fit known pixels only approximately (KNN, LKM): keep the trimap there.
     alpha[trimap == 1.0] = 1.0
     alpha[trimap == 0.0] = 0.0
