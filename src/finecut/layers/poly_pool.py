@@ -41,6 +41,7 @@ __all__ = ["PolyPool2d", "poly_pool2d"]
 # reference floors log(x) at log(1e-3) in absolute units; the floor here is relative to the window
 # maximum, which keeps the layer scale-equivariant (y(c * x) = c * y(x)).
 _LOG_FLOOR = 1e-3
+_LOG_FLOOR_LN = math.log(_LOG_FLOOR)
 # In the derivative w.r.t. x, the factor (x / m)^(p - 1) is capped at _MAX_SLOPE: it is at most 1
 # for p >= 1 (cap never active) and tends to infinity at x -> 0 for 0 < p < 1.
 _MAX_SLOPE = 1e3
@@ -219,7 +220,11 @@ class _PolyPoolFunction(torch.autograd.Function):
         torch.div(xw, layout.expand(m_safe), out=w)  # r = x / m in [0, 1]
         # w = r^p = exp(p * log r). r is floored at the smallest normal number: log(0) would give
         # 0 * -inf = NaN at p = 0, and log is several times slower on zeros than on normals.
-        w.clamp_min_(tiny).log_().mul_(p if isinstance(p, float) else layout.expand(p)).exp_()
+        w.clamp_min_(tiny).log_()
+        # A learned p needs log r again in backward (dy/dp); keeping it (floored as there) costs
+        # one more window-sized tensor and saves recomputing x / m and the log, the dearest op.
+        log_r = w.clamp_min(_LOG_FLOOR_LN) if ctx.needs_input_grad[1] else None
+        w.mul_(p if isinstance(p, float) else layout.expand(p)).exp_()
         valid = layout.valid(w)
         if valid is not None:
             w.mul_(valid)  # padding is not part of the window (matters at p = 0, where 0^0 = 1)
@@ -227,7 +232,7 @@ class _PolyPoolFunction(torch.autograd.Function):
         y = layout.dot(w, xw).div_(s0)
         torch.minimum(y, m, out=y)  # a convex combination: guard against a last-ulp excess
         p_tensor = p if isinstance(p, Tensor) else None
-        ctx.save_for_backward(xw, w, m_safe, s0, y, p_tensor)
+        ctx.save_for_backward(xw, w, m_safe, s0, y, p_tensor, log_r)
         ctx.p_float = p if p_tensor is None else None
         ctx.layout = layout
         return y
@@ -235,7 +240,7 @@ class _PolyPoolFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        xw, w, m_safe, s0, y, p_tensor = ctx.saved_tensors
+        xw, w, m_safe, s0, y, p_tensor, log_r = ctx.saved_tensors
         p = ctx.p_float if p_tensor is None else p_tensor
         layout: _Layout = ctx.layout
         need_x, need_p = ctx.needs_input_grad[:2]
@@ -247,7 +252,7 @@ class _PolyPoolFunction(torch.autograd.Function):
         grad_x = grad_p = None
         if need_p:
             # dy/dp = sum(w * log(r) * (x - y)) / sum(w), log r floored at log(_LOG_FLOOR)
-            torch.div(xw, layout.expand(m_safe), out=gw).clamp_min_(_LOG_FLOOR).log_().mul_(w)
+            torch.mul(log_r, w, out=gw)
             dydp_s0 = layout.dot(gw, xw).sub_(layout.sum(gw).mul_(y))
             grad_p = (gs * dydp_s0).sum_to_size(p_tensor.shape)
         if need_x:
