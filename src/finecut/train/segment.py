@@ -238,7 +238,7 @@ def _tensorboard(cfg: SegmentTrainConfig, out: Path, enabled: bool):
 
 
 def _evaluate(model: Segmenter, cfg: SegmentTrainConfig, device: torch.device) -> dict:
-    from finecut.segment.evaluate import evaluate_model
+    from finecut.train.segment_eval import evaluate_model
 
     assert cfg.val_split is not None
     was_training = model.training
