@@ -28,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "multistep_lr",
     "resolve_device",
+    "resume",
     "save_checkpoint",
     "setup_distributed",
 ]
@@ -66,6 +67,44 @@ def setup_distributed(device: torch.device) -> DistInfo:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resume(
+    last: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    kind: str,
+    what: str,
+    model_config: dict,
+    device: torch.device,
+) -> int:
+    """Load ``last`` (a ``kind`` checkpoint of the same model config) into model and optimizer.
+
+    ``what`` names the kind in the error message ("an embedding", "a segmenter").
+
+    Returns the step to continue from; 0 when ``last`` does not exist.
+
+    Raises:
+        ConfigError: ``last`` is another kind of run, or was trained with another model config.
+    """
+    from finecut.errors import ConfigError
+
+    if not last.exists():
+        return 0
+    state = load_checkpoint(last, map_location=device)
+    if state.get("kind") != kind:
+        raise ConfigError(f"{last} is not {what} checkpoint; use another out folder")
+    if state["config"]["model"] != model_config:
+        raise ConfigError(
+            f"{last} was trained with another model config; resume with the same one or use "
+            "another out folder"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    step = int(state["step"])
+    log.info("resumed from %s at step %d", last, step)
+    return step
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

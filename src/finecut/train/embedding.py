@@ -47,8 +47,8 @@ from finecut.models.embedding import (
 from finecut.train.common import (
     JsonlLogger,
     cleanup_distributed,
-    load_checkpoint,
     resolve_device,
+    resume,
     save_checkpoint,
     setup_distributed,
 )
@@ -256,21 +256,11 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
 
     model = SemanticEmbedding(cfg.model, pretrained=cfg.pretrained).to(device)
     opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
     last = out / "last.pt"
-    if last.exists():
-        state = load_checkpoint(last, map_location=device)
-        if state.get("kind") != "embedding":
-            raise ConfigError(f"{last} is not an embedding checkpoint; use another --out")
-        if state["config"]["model"] != cfg.model.to_dict():
-            raise ConfigError(
-                f"{last} was trained with another model config; resume with the same one or "
-                "use another --out"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", last, step)
+    step = resume(
+        last, model, opt, kind="embedding", what="an embedding",
+        model_config=cfg.model.to_dict(), device=device,
+    )
 
     sampler = EpochSampler(
         len(dataset),

@@ -42,8 +42,8 @@ from finecut.models.segmenter import (
 from finecut.train.common import (
     JsonlLogger,
     cleanup_distributed,
-    load_checkpoint,
     resolve_device,
+    resume,
     save_checkpoint,
     setup_distributed,
 )
@@ -281,22 +281,13 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
 
     model = Segmenter(cfg.model, pretrained=cfg.pretrained).to(device)
     opt = _make_optimizer(model, cfg)
-    step = 0
     last = out / "last.pt"
-    if last.exists():
-        state = load_checkpoint(last, map_location=device)
-        if state.get("kind") != CHECKPOINT_KIND:
-            raise ConfigError(f"{last} is not a segmenter checkpoint; use another out folder")
-        if state["config"]["model"] != cfg.model.to_dict():
-            raise ConfigError(
-                f"{last} was trained with another model config; resume with the same one or use "
-                "another out folder"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", last, step)
-    elif info.is_main:
+    resuming = last.exists()
+    step = resume(
+        last, model, opt, kind=CHECKPOINT_KIND, what="a segmenter",
+        model_config=cfg.model.to_dict(), device=device,
+    )
+    if not resuming and info.is_main:
         save_train_config(out / "config.yaml", cfg)
 
     sampler = EpochSampler(
