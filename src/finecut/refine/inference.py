@@ -58,6 +58,7 @@ class InferenceConfig:
         snap_min_band: lower bound of the snapping band, pixels.
         snap_max_band: upper bound of the snapping band, pixels (8: bounds the cost at 4K-8K; on
             ECSSD at 4x, 1600x1200, a 16 px band gave 0.6 mBA more at twice the cost).
+        snap_epsilon: matting regulariser of the snapping (see ``finecut.refine.snap``).
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -75,6 +76,7 @@ class InferenceConfig:
     snap_fraction: float = 0.006
     snap_min_band: int = 2
     snap_max_band: int = 8
+    snap_epsilon: float = 1e-3
 
 
 def _to_tensor(image: np.ndarray, mask: np.ndarray, device: torch.device):
