@@ -19,7 +19,7 @@ Two choices differ from the paper and are documented here:
   bilinearly at each query, enters the logit as ``s * (2 c - 1)`` with a learned scale ``s``
   (initialised to 3) and the last MLP layer starts at zero, so an untrained model returns the
   coarse mask and training only has to learn where to move the boundary. The shipped model was
-  trained on 2 CPU cores (no GPU was lent), a budget ~100x smaller than the paper's; this residual
+  trained on 2 CPU cores (no GPU was lent), a budget ~40x smaller than the paper's; this residual
   form is what makes that budget enough. ``coarse_skip=False`` is the paper's head.
 """
 
