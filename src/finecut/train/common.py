@@ -31,6 +31,7 @@ __all__ = [
     "resume",
     "save_checkpoint",
     "setup_distributed",
+    "start_training_process",
 ]
 
 
@@ -62,6 +63,20 @@ def setup_distributed(device: torch.device) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def start_training_process(
+    device_name: str | None, threads: int | None
+) -> tuple[torch.device, DistInfo]:
+    """Resolve the device, join the process group under ``torchrun`` (one GPU per local rank on
+    CUDA) and set torch's CPU threads: the first lines of every ``finecut train`` loop."""
+    device = resolve_device(device_name)
+    info = setup_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if threads:
+        torch.set_num_threads(threads)
+    return device, info
 
 
 def cleanup_distributed() -> None:

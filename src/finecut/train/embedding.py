@@ -47,10 +47,9 @@ from finecut.models.embedding import (
 from finecut.train.common import (
     JsonlLogger,
     cleanup_distributed,
-    resolve_device,
     resume,
     save_checkpoint,
-    setup_distributed,
+    start_training_process,
 )
 from finecut.train.embedding_data import (
     CAMVID_VOID,
@@ -234,12 +233,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
     Single process, or data-parallel under ``torchrun`` (each rank takes
     ``batch_size // world_size`` images).
     """
-    device = resolve_device(cfg.device)
-    info = setup_distributed(device)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device, info = start_training_process(cfg.device, cfg.threads)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
 

@@ -27,9 +27,8 @@ from finecut.train.common import (
     cleanup_distributed,
     load_checkpoint,
     multistep_lr,
-    resolve_device,
     save_checkpoint,
-    setup_distributed,
+    start_training_process,
 )
 from finecut.train.refine_data import MaskPairDataset
 
@@ -101,12 +100,7 @@ def _batches(loader: DataLoader, dataset: MaskPairDataset, start_epoch: int):
 
 def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
     """Train (or resume) a CRM refiner; returns the path of the final checkpoint."""
-    device = resolve_device(cfg.device)
-    info = setup_distributed(device)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device, info = start_training_process(cfg.device, cfg.threads)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + info.rank)
 

@@ -42,10 +42,9 @@ from finecut.models.segmenter import (
 from finecut.train.common import (
     JsonlLogger,
     cleanup_distributed,
-    resolve_device,
     resume,
     save_checkpoint,
-    setup_distributed,
+    start_training_process,
 )
 from finecut.train.embedding import poly_lr
 from finecut.train.embedding_data import EpochSampler
@@ -257,12 +256,7 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
         ImageError: the data folder is unusable.
         FloatingPointError: the loss became NaN or infinite.
     """
-    device = resolve_device(cfg.device)
-    info = setup_distributed(device)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device, info = start_training_process(cfg.device, cfg.threads)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
 
