@@ -149,3 +149,24 @@ def test_embedding_without_weights_is_one_line(capsys, photo, tmp_path) -> None:
     code, _, err = _run(capsys, "soft", photo, "-o", tmp_path / "o", "--features", "embedding")
     assert code == 2
     assert "--features none" in _one_error_line(err)
+
+
+def test_max_side_resizes_user_features_too(capsys, tmp_path) -> None:
+    """Full-size features are brought to the solving size with the image."""
+    h, w = 96, 128
+    path = tmp_path / "photo.png"
+    Image.fromarray(cv2.resize(_scene(), (w, h), interpolation=cv2.INTER_NEAREST)).save(path)
+    feats = np.zeros((h, w, 8), np.float32)
+    feats[:, : w // 2, 0] = 1.0
+    feats[:, w // 2 :, 1] = 1.0
+    np.save(tmp_path / "feats.npy", feats)
+    out = tmp_path / "o"
+    code, _, err = _run(
+        capsys, "soft", path, "-o", out, "--layers", 2, "--features", tmp_path / "feats.npy",
+        "--max-side", 64,
+    )
+    assert code == 0, err
+    alphas = np.load(out / "alphas.npy")
+    assert alphas.shape == (h, w, 2)
+    left, right = alphas[:, : w // 4].mean((0, 1)), alphas[:, -w // 4 :].mean((0, 1))
+    assert np.argmax(left) != np.argmax(right)

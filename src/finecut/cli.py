@@ -236,7 +236,8 @@ def _soft_outputs(out: Path, n: int) -> list[Path]:
 
 
 def _soft_features(args, image, shape):
-    """(features, preprocessed) for the pipeline, or (None, False) for colour + position."""
+    """(features, preprocessed) at the size of ``image`` (the solving size), or (None, False)
+    for colour + position. Feature files must have the input's full size ``shape``."""
     import numpy as np
 
     from finecut.errors import ConfigError, WeightsError
@@ -281,7 +282,7 @@ def _soft_features(args, image, shape):
                 f"features {str(path)!r} are {feats.shape}, expected (H, W, D) with "
                 f"(H, W) = {shape} like the image"
             )
-        return feats, args.preprocessed
+        return _resize_channels(feats, image.shape[:2]), args.preprocessed
     from finecut.data.io import read_image
 
     feats = read_image(path)
@@ -290,7 +291,24 @@ def _soft_features(args, image, shape):
             f"features image {str(path)!r} is {feats.shape[1]}x{feats.shape[0]} but the image is "
             f"{shape[1]}x{shape[0]}"
         )
-    return feats, True
+    return _resize_channels(feats, image.shape[:2]), True
+
+
+def _resize_channels(features, shape):
+    """(H, W, D) features resized (area) to ``shape`` = (h, w), channel by channel."""
+    import cv2
+    import numpy as np
+
+    if features.shape[:2] == tuple(shape):
+        return features
+    size = (shape[1], shape[0])
+    return np.stack(
+        [
+            cv2.resize(np.ascontiguousarray(features[..., c]), size, interpolation=cv2.INTER_AREA)
+            for c in range(features.shape[2])
+        ],
+        axis=2,
+    )
 
 
 def _cmd_soft(args) -> int:
@@ -316,20 +334,11 @@ def _cmd_soft(args) -> int:
         )
     image = read_image(args.image)
     h, w = image.shape[:2]
-    features, preprocessed = _soft_features(args, image, (h, w))
     work_image = image
     if args.max_side is not None and max(h, w) > args.max_side:
         scale = args.max_side / max(h, w)
         size = (max(16, round(w * scale)), max(16, round(h * scale)))
         work_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        if features is not None:
-            features = np.stack(
-                [
-                    cv2.resize(np.ascontiguousarray(features[..., c]), size, cv2.INTER_AREA)
-                    for c in range(features.shape[2])
-                ],
-                axis=2,
-            )
     limit = SOFT_MAX_PIXELS[args.mode]
     if work_image.shape[0] * work_image.shape[1] > limit:
         side = int((limit * max(h, w) / min(h, w)) ** 0.5)
@@ -337,6 +346,8 @@ def _cmd_soft(args) -> int:
             f"{args.image.name} is {w}x{h}: {args.mode} mode takes at most {limit:,} pixels "
             f"(pass --max-side {side} or less to solve at a lower resolution)"
         )
+    # after the size check and at the solving size: the embedding of an 8K image would take GBs
+    features, preprocessed = _soft_features(args, work_image, (h, w))
     from tqdm import tqdm
 
     bar = tqdm(total=9, unit="step", disable=not sys.stderr.isatty())
