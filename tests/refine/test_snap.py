@@ -8,7 +8,7 @@ import pytest
 
 from finecut.metrics import iou
 from finecut.refine.baselines import make_trimap
-from finecut.refine.snap import snap_band, snap_to_edges
+from finecut.refine.snap import snap_band, snap_schedule, snap_to_edges
 
 
 def _disk_scene(shift: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,3 +77,41 @@ def test_tiles_match_the_single_solve() -> None:
     tiled = snap_to_edges(image, guess, band=3, tile=32)
     assert np.abs(whole - tiled).max() < 0.02
     np.testing.assert_array_equal(whole > 0.5, tiled > 0.5)
+
+
+@pytest.mark.parametrize(
+    ("band", "passes", "expected"),
+    [(8, 3, (8, 4, 1)), (4, 3, (4, 2, 1)), (2, 3, (2, 1, 1)), (5, 1, (5,)), (16, 2, (16, 1))],
+)
+def test_snap_schedule_halves_to_one_pixel(band: int, passes: int, expected: tuple) -> None:
+    assert snap_schedule(band, passes) == expected
+
+
+@pytest.mark.parametrize(("band", "passes"), [(0, 3), (4, 0)])
+def test_snap_schedule_rejects_bad_values(band: int, passes: int) -> None:
+    with pytest.raises(ValueError):
+        snap_schedule(band, passes)
+
+
+def test_passes_threshold_to_the_last_pass_and_keep_the_first_matte() -> None:
+    """Several passes: the mask is the last pass's, the soft values the first's where they agree."""
+    image, truth, guess = _disk_scene(shift=3)
+    one = snap_to_edges(image, guess, band=4)
+    last = snap_to_edges(image, snap_to_edges(image, one, band=2), band=1)
+    three = snap_to_edges(image, guess, band=4, passes=3)
+    np.testing.assert_array_equal(three > 0.5, last > 0.5)
+    same_side = (one > 0.5) == (last > 0.5)
+    np.testing.assert_array_equal(three[same_side], one[same_side])
+    assert iou(three > 0.5, truth) > 0.99
+    assert three.dtype == np.float32 and 0.0 <= three.min() and three.max() <= 1.0
+
+
+def test_a_tile_with_one_known_side_keeps_the_probability() -> None:
+    """A thin part alone in its tile (no foreground within the margin) is kept, not crashed on."""
+    image, truth, guess = _disk_scene(shift=2)
+    image = np.pad(image, ((0, 0), (0, 160), (0, 0)), mode="edge")
+    prob = np.pad(guess, ((0, 0), (0, 160)))
+    prob[40:43, 200:280] = 0.8  # a 3-px line far from the disk: all unknown at band 3
+    alpha = snap_to_edges(image, prob, band=3, tile=32)
+    np.testing.assert_allclose(alpha[40:43, 200:280], 0.8, rtol=1e-6)
+    assert iou(alpha[:, :128] > 0.5, truth) > 0.99

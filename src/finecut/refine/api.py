@@ -202,7 +202,9 @@ class Refiner:
             if cfg.snap:
                 h, w = coarse.shape
                 band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
-                prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon)
+                prob = snap_to_edges(
+                    rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes
+                )
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))

@@ -59,6 +59,7 @@ class InferenceConfig:
         snap_max_band: upper bound of the snapping band, pixels (8: bounds the cost at 4K-8K; on
             ECSSD at 4x, 1600x1200, a 16 px band gave 0.6 mBA more at twice the cost).
         snap_epsilon: matting regulariser of the snapping (see ``finecut.refine.snap``).
+        snap_passes: snapping passes in bands halving to 1 px (``finecut.refine.snap.SNAP_PASSES``).
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -77,6 +78,7 @@ class InferenceConfig:
     snap_min_band: int = 2
     snap_max_band: int = 8
     snap_epsilon: float = 1e-3
+    snap_passes: int = 3
 
 
 def _to_tensor(image: np.ndarray, mask: np.ndarray, device: torch.device):

@@ -12,7 +12,8 @@ wider band, gains far less, because the coarse mask is not within a few pixels o
 
 The band scales with the image, ``clip(round(fraction * (H + W)), min_band, max_band)``; the cap
 bounds the cost on large images (the matting system grows with the band's area). The system is
-solved in tiles of ``tile`` pixels (only tiles that hold band pixels), each with a margin of
+solved in tiles of ``tile`` pixels (256: on the 3492x2328 aeroplane one 8 px pass took 1.4 s in
+256-px tiles against 4.5 s in 1024-px tiles, the same mask to 6 pixels) (only tiles that hold band pixels), each with a margin of
 context, so memory stays bounded at 8K: the closed-form Laplacian couples only pixels within
 3x3 windows, and a margin of twice the band keeps each tile's band pixels far from its cut.
 """
@@ -27,7 +28,7 @@ from finecut.refine.baselines import make_trimap, solve_alpha
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SNAP_CF_EPSILON", "snap_band", "snap_to_edges"]
+__all__ = ["SNAP_CF_EPSILON", "SNAP_PASSES", "snap_band", "snap_schedule", "snap_to_edges"]
 
 #: Regulariser of the closed-form matting Laplacian in snapping. Chosen on ECSSD 0001-0060 (training
 #: images) with the shipped model: mBA 71.5 at 1e-5 (the matting baseline's value), 73.0 at 1e-4,
@@ -35,6 +36,15 @@ __all__ = ["SNAP_CF_EPSILON", "snap_band", "snap_to_edges"]
 #: suits a band that is already close to the edge; the baseline, whose band must reach further
 #: from a coarse mask, is better at 1e-5 (68.0 vs 67.8 mBA at 1e-3, same images).
 SNAP_CF_EPSILON = 1e-3
+
+#: Snapping passes, each in a band half as wide as the one before, the last 1 px wide
+#: (:func:`snap_schedule`). One pass solves each band pixel from a colour model fitted to a band
+#: that was placed by the CRM boundary; the next, narrower passes re-centre the band on the boundary
+#: the previous pass found, so pixels near the new boundary get both sides as known neighbours.
+#: Chosen on ECSSD 0001-0060 (training images), IoU / mBA: 1 pass 94.29 / 74.35, 2 passes
+#: (b, b/2) 94.32 / 75.15, 3 passes (b, b/2, 1) 94.35 / 75.68, 4 passes 94.33 / 75.76; a wider
+#: first band (0.009 or 0.012 of H + W) lowers both (73.35, 72.03 mBA at one pass).
+SNAP_PASSES = 3
 
 
 def snap_band(height: int, width: int, fraction: float, min_band: int, max_band: int) -> int:
@@ -44,23 +54,53 @@ def snap_band(height: int, width: int, fraction: float, min_band: int, max_band:
     return int(np.clip(round(fraction * (height + width)), min_band, max_band))
 
 
+def snap_schedule(band: int, passes: int) -> tuple[int, ...]:
+    """Band half-widths of ``passes`` snapping passes: ``band``, halved each pass, the last 1.
+
+    >>> snap_schedule(8, 3), snap_schedule(4, 3), snap_schedule(2, 3), snap_schedule(5, 1)
+    ((8, 4, 1), (4, 2, 1), (2, 1, 1), (5,))
+    """
+    if band < 1 or passes < 1:
+        raise ValueError(f"need band >= 1 and passes >= 1, got {band}, {passes}")
+    if passes == 1:
+        return (band,)
+    return (*(max(1, band >> k) for k in range(passes - 1)), 1)
+
+
 def snap_to_edges(
     image: np.ndarray,
     prob: np.ndarray,
     band: int,
-    tile: int = 1024,
+    tile: int = 256,
     epsilon: float = SNAP_CF_EPSILON,
+    passes: int = 1,
 ) -> np.ndarray:
     """Alpha of closed-form matting in a band of ``band`` px around ``prob``'s 0.5 boundary.
 
     Outside the band the alpha is the thresholded ``prob`` (0 or 1). When the band leaves no
     definite foreground or background (a mask thinner than the band), ``prob`` is returned.
+    With ``passes`` > 1, each further pass snaps the previous pass's alpha again in a narrower
+    band (:func:`snap_schedule`); the result thresholds at 0.5 to the last pass's mask, and its
+    soft values are the first pass's alpha wherever that lies on the same side of 0.5 (the
+    wide matte), the last pass's elsewhere.
 
     Shape:
         image: (H, W, 3) uint8; prob: (H, W) float in [0, 1] -> (H, W) float32 in [0, 1].
     """
-    if band < 1 or tile < 16:
-        raise ValueError(f"need band >= 1 and tile >= 16, got {band}, {tile}")
+    schedule = snap_schedule(band, passes)
+    if tile < 16:
+        raise ValueError(f"need tile >= 16, got {tile}")
+    first = alpha = _snap_once(image, prob, schedule[0], tile, epsilon)
+    for narrower in schedule[1:]:
+        alpha = _snap_once(image, alpha, narrower, tile, epsilon)
+    if len(schedule) == 1:
+        return first
+    return np.where((first > 0.5) == (alpha > 0.5), first, alpha)
+
+
+def _snap_once(
+    image: np.ndarray, prob: np.ndarray, band: int, tile: int, epsilon: float
+) -> np.ndarray:
     mask = prob > 0.5
     trimap = make_trimap(mask, band)
     if not ((trimap == 1.0).any() and (trimap == 0.0).any()):
@@ -78,11 +118,15 @@ def snap_to_edges(
             cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
             cy1, cx1 = min(h, y1 + margin), min(w, x1 + margin)
             crop_tri = trimap[cy0:cy1, cx0:cx1]
-            if not (crop_tri != 0.5).any():  # pragma: no cover - the margin exceeds the band
+            keep = unknown[y0:y1, x0:x1]
+            if not ((crop_tri == 1.0).any() and (crop_tri == 0.0).any()):
+                # Only one side is known here (a part thinner than the band, all unknown, with
+                # no other foreground within the margin): nothing to fit a colour model to, so
+                # the tile keeps the input probability, as a whole image without one side does.
+                alpha[y0:y1, x0:x1][keep] = prob[y0:y1, x0:x1][keep]
                 continue
             crop_img = image[cy0:cy1, cx0:cx1].astype(np.float64) / 255.0
             solved = solve_alpha(crop_img, crop_tri.astype(np.float64), "cf", epsilon)
             inner = solved[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-            keep = unknown[y0:y1, x0:x1]
             alpha[y0:y1, x0:x1][keep] = inner[keep]
     return np.clip(alpha, 0.0, 1.0)
