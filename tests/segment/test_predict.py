@@ -57,3 +57,23 @@ def test_clear_errors(tmp_path: Path) -> None:
     if not (WEIGHTS_DIR / f"{DEFAULT_WEIGHTS}.safetensors").is_file():
         with pytest.raises(WeightsError, match="--weights"):
             load_segmenter(None)
+
+
+def test_export_command_records_provenance(tmp_path: Path) -> None:
+    """`python -m finecut.train.export` tells a segment checkpoint apart and records its run."""
+    import json
+
+    from finecut.train.export import main as export_main
+
+    model = _checkpoint(tmp_path / "last.pt")
+    assert export_main([str(tmp_path / "last.pt"), "--name", "seg", "--dir", str(tmp_path),
+                        "--command", "finecut train segment --config x.yaml",
+                        "--machine", "2 CPU cores"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "seg.json").read_text())
+    assert manifest["model"] == "segmenter" and manifest["step"] == 1
+    assert manifest["command"] == "finecut train segment --config x.yaml"
+    assert manifest["machine"] == "2 CPU cores"
+    loaded = load_segmenter(tmp_path / "seg.safetensors", device="cpu")
+    image = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), model(image))

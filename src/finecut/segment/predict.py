@@ -198,12 +198,18 @@ def load_segmenter(
     return model.to(resolve_device(device)).eval()
 
 
-def export_segmenter(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's model as ``OUT.safetensors`` + ``OUT.json`` (config and provenance)."""
-    from finecut.weights import write_weights
+def export_segmenter(
+    checkpoint: str | Path, out: str | Path, *, command: str = "", machine: str = ""
+) -> Path:
+    """Write a checkpoint's model as ``OUT.safetensors`` + ``OUT.json``.
 
-    checkpoint = Path(checkpoint)
-    cfg, state = _from_checkpoint(checkpoint)
+    The manifest holds the model config, the sha256, the step and training config of the
+    checkpoint, and the training ``command`` and ``machine`` given here (provenance).
+    """
+    from finecut.train.export import export_segment_weights
+
     out = Path(out)
-    manifest = {"model": "segmenter", "config": cfg.to_dict(), "source": str(checkpoint)}
-    return write_weights(state, out.stem if out.suffix else out.name, manifest, out.parent)
+    name = out.stem if out.suffix else out.name
+    return export_segment_weights(
+        checkpoint, name, directory=out.parent, command=command, machine=machine
+    )

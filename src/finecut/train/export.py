@@ -4,9 +4,11 @@
         --command "finecut train refine ..." --machine "2 CPU cores, no GPU"
     python -m finecut.train.export runs/embedding/last.pt --kind embedding \
         --name embedding_lite0 --command "..." --machine "..."
+    python -m finecut.train.export runs/camvid/poly_pruned/last.pt --name segmenter_camvid \
+        --command "..." --machine "..."
 
-``--kind auto`` (the default) tells the two apart: embedding checkpoints carry
-``"kind": "embedding"``.
+``--kind auto`` (the default) tells them apart by the checkpoint's ``"kind"`` (``embedding``,
+``segment``; refine checkpoints carry ``refine`` or none).
 
 The manifest records the model config, the sha256 of the weights, the step, the training config and
 the command and machine given here, so the shipped file can be traced back to its run.
@@ -20,9 +22,13 @@ from pathlib import Path
 from finecut.errors import WeightsError
 from finecut.weights import WEIGHTS_DIR, write_weights
 
-__all__ = ["export_embedding_weights", "export_refine_weights"]
+__all__ = ["export_embedding_weights", "export_refine_weights", "export_segment_weights"]
 
-_DEFAULT_NAMES = {"refine": "crm_lite0", "embedding": "embedding_lite0"}
+_DEFAULT_NAMES = {
+    "refine": "crm_lite0",
+    "embedding": "embedding_lite0",
+    "segment": "segmenter_camvid",
+}
 
 
 def export_refine_weights(
@@ -79,23 +85,62 @@ def export_embedding_weights(
     return write_weights(ckpt["model"], name, manifest, directory)
 
 
+def export_segment_weights(
+    checkpoint: str | Path,
+    name: str = "segmenter_camvid",
+    *,
+    directory: Path = WEIGHTS_DIR,
+    command: str = "",
+    machine: str = "",
+) -> Path:
+    """Write a ``finecut train segment`` checkpoint as weights that
+    :func:`finecut.segment.predict.load_segmenter` reads (the embedded default when ``name`` is
+    ``segmenter_camvid`` in the package's weights folder)."""
+    from finecut.models.segmenter import SegmenterConfig
+    from finecut.train.common import load_checkpoint
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    if ckpt.get("kind") != "segment" or "model" not in ckpt or "config" not in ckpt:
+        raise WeightsError(
+            f"{checkpoint} is not a segmenter checkpoint (written by `train segment`)"
+        )
+    train_cfg = dict(ckpt["config"])
+    manifest = {
+        "model": "segmenter",
+        "config": SegmenterConfig.from_dict(train_cfg.pop("model")).to_dict(),
+        "step": int(ckpt["step"]),
+        "train_config": train_cfg,
+        "command": command,
+        "machine": machine,
+        "source": str(checkpoint),
+    }
+    return write_weights(ckpt["model"], name, manifest, directory)
+
+
 def _checkpoint_kind(checkpoint: Path) -> str:
     from finecut.train.common import load_checkpoint
 
-    return "embedding" if load_checkpoint(checkpoint).get("kind") == "embedding" else "refine"
+    kind = load_checkpoint(checkpoint).get("kind")
+    return kind if kind in ("embedding", "segment") else "refine"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--kind", choices=("auto", "refine", "embedding"), default="auto")
-    p.add_argument("--name", default=None, help="default: crm_lite0 / embedding_lite0")
+    p.add_argument("--kind", choices=("auto", "refine", "embedding", "segment"), default="auto")
+    p.add_argument(
+        "--name", default=None, help="default: crm_lite0 / embedding_lite0 / segmenter_camvid"
+    )
     p.add_argument("--dir", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--command", default="")
     p.add_argument("--machine", default="")
     args = p.parse_args(argv)
     kind = _checkpoint_kind(args.checkpoint) if args.kind == "auto" else args.kind
-    export = export_embedding_weights if kind == "embedding" else export_refine_weights
+    export = {
+        "embedding": export_embedding_weights,
+        "segment": export_segment_weights,
+        "refine": export_refine_weights,
+    }[kind]
     path = export(
         args.checkpoint,
         args.name or _DEFAULT_NAMES[kind],
