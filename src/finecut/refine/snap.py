@@ -17,7 +17,8 @@ bounds the cost on large images (the matting system grows with the band's area).
 solved in tiles of ``tile`` pixels (only tiles that hold band pixels; 256 px: on the 3492x2328
 aeroplane one 8 px pass took 1.4 s in 256-px tiles against 4.5 s in 1024-px tiles, the same mask
 to 6 pixels), each with a margin of context, so memory stays bounded at 8K: the closed-form
-Laplacian couples only pixels within 3x3 windows, and a margin of twice the band keeps each tile's band pixels far from its cut.
+Laplacian couples only pixels within 3x3 windows, and a margin of twice the band keeps each
+tile's band pixels far from its cut.
 """
 
 from __future__ import annotations
