@@ -126,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint period (config: 500)")
     p.add_argument("--warmup", type=int, default=2, help="untimed forward passes before timing")
     p.add_argument("--speed-runs", type=int, default=5, help="timed forward passes (median)")
+    p.add_argument(
+        "--speed-only", action="store_true",
+        help="no training or evaluation: re-time the finished rows' CPU images/s in one process, "
+        "one forward pass of each row in turn (so load on the machine hits every row alike), "
+        "update their results.json and rewrite the table",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.rows = _rows(args.rows)
     if not args.rows:
@@ -345,6 +351,40 @@ def cpu_images_per_s(model, args: argparse.Namespace) -> float:
     return 1.0 / statistics.median(times)
 
 
+def retime_rows(rows: list[Row], args: argparse.Namespace) -> list[dict]:
+    """``--speed-only``: CPU images/s of finished rows, timed round-robin in this process."""
+    import torch
+
+    from finecut.segment.predict import load_segmenter
+
+    results, models = [], []
+    for row in rows:
+        done = finished(row, args)
+        if done is None:
+            raise SystemExit(f"{row.name}: no finished results in {args.out / row.folder}")
+        results.append(done)
+        models.append(load_segmenter(Path(done["checkpoint"]), device="cpu"))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    x = torch.rand(1, 3, *SPEED_SIZE, generator=torch.Generator().manual_seed(0))
+    times: list[list[float]] = [[] for _ in models]
+    try:
+        with torch.inference_mode():
+            for i in range(args.warmup + args.speed_runs):
+                for model, row_times in zip(models, times, strict=True):
+                    start = time.perf_counter()
+                    model(x)
+                    if i >= args.warmup:
+                        row_times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    for row, done, row_times in zip(rows, results, times, strict=True):
+        done["cpu_images_per_s"] = 1.0 / statistics.median(row_times)
+        done["speed"] = "round-robin over the rows in one process (--speed-only)"
+        _write_json(args.out / row.folder / RESULTS, done)
+    return results
+
+
 def _val_miou(out: Path) -> float | None:
     value = None
     try:
@@ -502,7 +542,10 @@ def main(argv: list[str] | None = None) -> None:
         train_images = len(segment_items(args.data, "train"))
         segment_items(args.data, "test")  # fail now, not after training
         cache: dict = {}
-        results = [run_row(row, args, cache) for row in args.rows]
+        if args.speed_only:
+            results = retime_rows(args.rows, args)
+        else:
+            results = [run_row(row, args, cache) for row in args.rows]
     except FinecutError as exc:  # bad data folder, unreadable checkpoint, nothing left to prune
         raise SystemExit(f"error: {exc}") from None
     report = [*header, *table(results), "", *notes(results, args, train_images)]
