@@ -124,6 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=None, help="data loader workers (config: 2)")
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint period (config: 500)")
+    p.add_argument(
+        "--sparse-weight", type=float, default=None,
+        help="lambda of SparseMask's sparsity loss in the search run (default: the config's, "
+        "the paper's 0.01; a short schedule needs more for the weights to reach 0 or 2)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=2, help="untimed forward passes before timing")
     p.add_argument("--speed-runs", type=int, default=5, help="timed forward passes (median)")
     p.add_argument(
@@ -287,6 +292,8 @@ def pruned_config(args: argparse.Namespace, cache: dict) -> tuple:
     from finecut.segment.prune import prune_checkpoint
 
     search = _config_file_run(args, SEARCH_CONFIG, SEARCH_FOLDER)
+    if args.sparse_weight is not None:
+        search = replace(search, sparse_weight=args.sparse_weight)
     search_run = train(search)
     cfg, result = prune_checkpoint(
         Path(search.out) / "last.pt",
@@ -408,7 +415,7 @@ def measure(row: Row, cfg, args: argparse.Namespace, runs: list[dict], summary: 
     return {
         "row": row.name,
         "label": row.label,
-        "settings": _settings(args),
+        "settings": _settings(args, row),
         "checkpoint": str(out / "last.pt"),
         "test_miou": test.miou,
         "test_images": test.images,
@@ -424,7 +431,7 @@ def measure(row: Row, cfg, args: argparse.Namespace, runs: list[dict], summary: 
     }
 
 
-def _settings(args: argparse.Namespace) -> dict:
+def _settings(args: argparse.Namespace, row: Row) -> dict:
     """What a row's results depend on (a results.json with other values is measured again)."""
     return {
         "iters": args.iters,
@@ -435,6 +442,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "warmup": args.warmup,
         "speed_runs": args.speed_runs,
+        **({"sparse_weight": args.sparse_weight} if row.config is None else {}),
     }
 
 
@@ -444,7 +452,9 @@ def finished(row: Row, args: argparse.Namespace) -> dict | None:
 
     out = args.out / row.folder
     results = _read_json(out / RESULTS)
-    if not results or results.get("settings") != _settings(args) or not (out / "last.pt").exists():
+    if not results or results.get("settings") != _settings(args, row):
+        return None
+    if not (out / "last.pt").exists():
         return None
     state = load_checkpoint(out / "last.pt")
     return results if int(state.get("step", -1)) == args.iters else None
@@ -510,8 +520,10 @@ def notes(results: list[dict], args: argparse.Namespace, train_images: int) -> l
     ]
     prune = next((by[n]["prune"] for n in ("pruned", "pruned_spn") if n in by), None)
     if prune:
+        weight = "the config's" if args.sparse_weight is None else f"{args.sparse_weight:g}"
         lines.append(
-            f"- pruned rows: SparseMask search ({prune['search_iters']} iterations) then "
+            f"- pruned rows: SparseMask search ({prune['search_iters']} iterations, sparsity "
+            f"weight {weight}) then "
             f"retraining; the pruned decoder keeps {prune['stages']} of {prune['fdn_stages']} "
             f"stages and {prune['connections']} of {prune['fdn_connections']} connections"
         )

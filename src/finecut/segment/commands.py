@@ -98,7 +98,10 @@ def add_eval_parser(sub) -> None:
     )
     p.add_argument("--data", type=Path, required=True, help="CamVid-layout folder")
     p.add_argument("--split", default="test")
-    p.add_argument("--weights", default=None, help="last.pt or exported .safetensors")
+    p.add_argument(
+        "--weights", default=None,
+        help="last.pt or exported .safetensors (default: the shipped CamVid model)",
+    )  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -133,7 +136,10 @@ def _add_segment(sub) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="label map file (.png)")
     p.add_argument("--overlay", type=Path, default=None, help="overlay file (default: beside OUT)")
-    p.add_argument("--weights", default=None, help="last.pt or exported .safetensors")
+    p.add_argument(
+        "--weights", default=None,
+        help="last.pt or exported .safetensors (default: the shipped CamVid model)",
+    )  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--max-side", type=int, default=1024, help="segment larger images downscaled")
     p.set_defaults(func=cmd_segment)
