@@ -31,6 +31,39 @@ _DEFAULT_NAMES = {
 }
 
 
+def _export(
+    checkpoint: str | Path,
+    name: str,
+    kind: str,
+    not_this: str,
+    manifest: dict,
+    directory: Path,
+    command: str,
+    machine: str,
+    config=None,
+) -> Path:
+    """Write checkpoint ``kind``'s weights as ``name`` with ``manifest`` + step, training config,
+    command and machine; ``not_this`` is the error for another file. ``config`` maps the saved
+    model config to the manifest's (default: as saved)."""
+    from finecut.train.common import load_checkpoint
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    if ckpt.get("kind", "refine") != kind or "model" not in ckpt or "config" not in ckpt:
+        raise WeightsError(not_this)
+    train_cfg = dict(ckpt["config"])
+    model_cfg = train_cfg.pop("model")
+    manifest = {
+        **manifest,
+        "config": model_cfg if config is None else config(model_cfg),
+        "step": int(ckpt["step"]),
+        "train_config": train_cfg,
+        "command": command,
+        "machine": machine,
+        **({"source": str(checkpoint)} if kind == "segment" else {}),
+    }
+    return write_weights(ckpt["model"], name, manifest, directory)
+
+
 def export_refine_weights(
     checkpoint: str | Path,
     name: str,
@@ -40,21 +73,10 @@ def export_refine_weights(
     machine: str = "",
 ) -> Path:
     """Write the model weights of a ``finecut train refine`` checkpoint as embedded weights."""
-    from finecut.train.common import load_checkpoint
-
-    ckpt = load_checkpoint(Path(checkpoint))
-    if "model" not in ckpt or "config" not in ckpt or ckpt.get("kind", "refine") != "refine":
-        raise WeightsError(f"{str(checkpoint)!r} is not a finecut refine checkpoint")
-    train_cfg = dict(ckpt["config"])
-    manifest = {
-        "model": "crm",
-        "config": train_cfg.pop("model"),
-        "step": int(ckpt["step"]),
-        "train_config": train_cfg,
-        "command": command,
-        "machine": machine,
-    }
-    return write_weights(ckpt["model"], name, manifest, directory)
+    not_this = f"{str(checkpoint)!r} is not a finecut refine checkpoint"
+    return _export(
+        checkpoint, name, "refine", not_this, {"model": "crm"}, directory, command, machine
+    )
 
 
 def export_embedding_weights(
@@ -68,21 +90,12 @@ def export_embedding_weights(
     """Write the weights of a ``train_embedding`` checkpoint as embedded weights, loadable by
     :func:`finecut.models.embedding.load_embedding_model`."""
     from finecut.models.embedding import MANIFEST_MODEL
-    from finecut.train.common import load_checkpoint
 
-    ckpt = load_checkpoint(Path(checkpoint))
-    if ckpt.get("kind") != "embedding" or "model" not in ckpt or "config" not in ckpt:
-        raise WeightsError(f"{str(checkpoint)!r} is not a finecut embedding checkpoint")
-    train_cfg = dict(ckpt["config"])
-    manifest = {
-        "model": MANIFEST_MODEL,
-        "config": train_cfg.pop("model"),
-        "step": int(ckpt["step"]),
-        "train_config": train_cfg,
-        "command": command,
-        "machine": machine,
-    }
-    return write_weights(ckpt["model"], name, manifest, directory)
+    not_this = f"{str(checkpoint)!r} is not a finecut embedding checkpoint"
+    return _export(
+        checkpoint, name, "embedding", not_this, {"model": MANIFEST_MODEL}, directory, command,
+        machine,
+    )  # fmt: skip
 
 
 def export_segment_weights(
@@ -97,24 +110,12 @@ def export_segment_weights(
     :func:`finecut.segment.predict.load_segmenter` reads (the embedded default when ``name`` is
     ``segmenter_camvid`` in the package's weights folder)."""
     from finecut.models.segmenter import SegmenterConfig
-    from finecut.train.common import load_checkpoint
 
-    ckpt = load_checkpoint(Path(checkpoint))
-    if ckpt.get("kind") != "segment" or "model" not in ckpt or "config" not in ckpt:
-        raise WeightsError(
-            f"{checkpoint} is not a segmenter checkpoint (written by `train segment`)"
-        )
-    train_cfg = dict(ckpt["config"])
-    manifest = {
-        "model": "segmenter",
-        "config": SegmenterConfig.from_dict(train_cfg.pop("model")).to_dict(),
-        "step": int(ckpt["step"]),
-        "train_config": train_cfg,
-        "command": command,
-        "machine": machine,
-        "source": str(checkpoint),
-    }
-    return write_weights(ckpt["model"], name, manifest, directory)
+    not_this = f"{checkpoint} is not a segmenter checkpoint (written by `train segment`)"
+    return _export(
+        checkpoint, name, "segment", not_this, {"model": "segmenter"}, directory, command,
+        machine, config=lambda cfg: SegmenterConfig.from_dict(cfg).to_dict(),
+    )  # fmt: skip
 
 
 def _checkpoint_kind(checkpoint: Path) -> str:
