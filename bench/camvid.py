@@ -337,31 +337,36 @@ def row_config(row: Row, args: argparse.Namespace, cache: dict) -> tuple:
 # --------------------------------------------------------------------------------------------------
 
 
-def cpu_images_per_s(model, args: argparse.Namespace) -> float:
-    """Batch-1 eval-mode forward passes at 360x480 on the CPU: 1 / median seconds."""
+def _images_per_s(models: list, args: argparse.Namespace) -> list[float]:
+    """Batch-1 eval-mode forward passes at 360x480 on the CPU, one pass of each model in turn
+    (so the machine's load hits every model alike): 1 / median seconds of each."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    models = [m.cpu().eval() for m in models]
+    x = torch.rand(1, 3, *SPEED_SIZE, generator=torch.Generator().manual_seed(0))
+    times: list[list[float]] = [[] for _ in models]
     try:
-        model = model.cpu().eval()
-        x = torch.rand(1, 3, *SPEED_SIZE, generator=torch.Generator().manual_seed(0))
-        times = []
         with torch.inference_mode():
             for i in range(args.warmup + args.speed_runs):
-                start = time.perf_counter()
-                model(x)
-                if i >= args.warmup:
-                    times.append(time.perf_counter() - start)
+                for model, model_times in zip(models, times, strict=True):
+                    start = time.perf_counter()
+                    model(x)
+                    if i >= args.warmup:
+                        model_times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
-    return 1.0 / statistics.median(times)
+    return [1.0 / statistics.median(t) for t in times]
+
+
+def cpu_images_per_s(model, args: argparse.Namespace) -> float:
+    """Batch-1 eval-mode forward passes at 360x480 on the CPU: 1 / median seconds."""
+    return _images_per_s([model], args)[0]
 
 
 def retime_rows(rows: list[Row], args: argparse.Namespace) -> list[dict]:
     """``--speed-only``: CPU images/s of finished rows, timed round-robin in this process."""
-    import torch
-
     from finecut.segment.predict import load_segmenter
 
     results, models = [], []
@@ -371,22 +376,9 @@ def retime_rows(rows: list[Row], args: argparse.Namespace) -> list[dict]:
             raise SystemExit(f"{row.name}: no finished results in {args.out / row.folder}")
         results.append(done)
         models.append(load_segmenter(Path(done["checkpoint"]), device="cpu"))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    x = torch.rand(1, 3, *SPEED_SIZE, generator=torch.Generator().manual_seed(0))
-    times: list[list[float]] = [[] for _ in models]
-    try:
-        with torch.inference_mode():
-            for i in range(args.warmup + args.speed_runs):
-                for model, row_times in zip(models, times, strict=True):
-                    start = time.perf_counter()
-                    model(x)
-                    if i >= args.warmup:
-                        row_times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    for row, done, row_times in zip(rows, results, times, strict=True):
-        done["cpu_images_per_s"] = 1.0 / statistics.median(row_times)
+    speeds = _images_per_s(models, args)
+    for row, done, speed in zip(rows, results, speeds, strict=True):
+        done["cpu_images_per_s"] = speed
         done["speed"] = "round-robin over the rows in one process (--speed-only)"
         _write_json(args.out / row.folder / RESULTS, done)
     return results
