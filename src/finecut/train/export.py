@@ -59,7 +59,6 @@ def _export(
         "train_config": train_cfg,
         "command": command,
         "machine": machine,
-        **({"source": str(checkpoint)} if kind == "segment" else {}),
     }
     return write_weights(ckpt["model"], name, manifest, directory)
 
@@ -113,8 +112,9 @@ def export_segment_weights(
 
     not_this = f"{checkpoint} is not a segmenter checkpoint (written by `train segment`)"
     return _export(
-        checkpoint, name, "segment", not_this, {"model": "segmenter"}, directory, command,
-        machine, config=lambda cfg: SegmenterConfig.from_dict(cfg).to_dict(),
+        checkpoint, name, "segment", not_this,
+        {"model": "segmenter", "source": str(checkpoint)}, directory, command, machine,
+        config=lambda cfg: SegmenterConfig.from_dict(cfg).to_dict(),
     )  # fmt: skip
 
 
