@@ -491,6 +491,58 @@ def test_train_refine_writes_a_checkpoint_and_resumes(
     assert changed
 
 
+def test_train_refine_init_starts_from_weights_with_a_fresh_schedule(
+    capsys, trained_run, tiny_dataset, tmp_path
+) -> None:
+    run = tmp_path / "ft"
+    code, _, err = _run(
+        capsys,
+        "train",
+        "refine",
+        "--data",
+        tiny_dataset,
+        "--out",
+        run,
+        "--iters",
+        "1",
+        "--init",
+        trained_run / "last.pt",
+        *TRAIN_ARGS,
+    )
+    assert code == 0, err
+    start = torch.load(trained_run / "last.pt", map_location="cpu", weights_only=False)
+    tuned = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert tuned["step"] == 1 and _log_steps(run) == [1]  # a new run, not a resume at step 2
+    assert tuned["config"]["init"] == str(trained_run / "last.pt")
+    # one step from the initial weights: close to them, far from a fresh random init
+    torch.manual_seed(123)
+    fresh = CRM(CRMConfig(), pretrained=False).state_dict()
+    key = next(k for k, v in start["model"].items() if v.is_floating_point() and v.numel() > 100)
+    near = (tuned["model"][key] - start["model"][key]).abs().max()
+    far = (fresh[key] - start["model"][key]).abs().max()
+    assert near < 0.1 * far
+
+
+def test_train_refine_init_missing_is_one_line(capsys, tiny_dataset, tmp_path) -> None:
+    code, _, err = _run(
+        capsys,
+        "train",
+        "refine",
+        "--data",
+        tiny_dataset,
+        "--out",
+        tmp_path / "ft",
+        "--iters",
+        "1",
+        "--init",
+        tmp_path / "nope.safetensors",
+        *TRAIN_ARGS,
+    )
+    assert code != 0
+    assert "nope.safetensors" in err and "Traceback" not in err
+    assert not (tmp_path / "ft" / "last.pt").exists()
+
+
 def test_eval_refine_prints_a_table(capsys, tiny_dataset, tiny_crm_weights) -> None:
     code, out, err = _run(
         capsys,

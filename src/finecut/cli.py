@@ -445,6 +445,13 @@ def _add_train(sub) -> None:
     r.add_argument("--ckpt-every", type=int, default=250)
     r.add_argument("--no-pretrained", action="store_true", help="random encoder init (tests)")
     r.add_argument("--latent-channels", type=int, default=None)
+    r.add_argument(
+        "--init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start from trained weights (embedded name, .safetensors with manifest, or a .pt "
+        "checkpoint) with a fresh optimizer and schedule, e.g. to fine-tune crm_lite0",
+    )
     r.set_defaults(func=_cmd_train_refine)
 
     e = tsub.add_parser(
@@ -499,6 +506,7 @@ def _cmd_train_refine(args) -> int:
         ckpt_every=args.ckpt_every,
         pretrained=not args.no_pretrained,
         threads=args.threads,
+        init=args.init,
     )
     last = train_refine(cfg, progress=sys.stderr.isatty())
     log.info("checkpoint: %s", last)

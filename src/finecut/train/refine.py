@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +62,10 @@ class RefineTrainConfig:
     # the head then meets the query cell sizes of the coarse inference scales.
     lowres_prob: float = 0.5
     lowres_factor: tuple[float, float] = (1.25, 3.0)
+    # start a new run from trained weights (a name of embedded weights, a .safetensors file with
+    # its manifest, or a checkpoint): the model only, with a fresh optimizer and lr schedule.
+    # The run's model config is then the weights' own. Ignored when resuming from last.pt.
+    init: str | None = None
 
 
 def _make_loader(
@@ -108,10 +112,17 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
     dataset = MaskPairDataset(pairs, crop=cfg.crop, perturb=PerturbConfig(), seed=cfg.seed)
     loader = _make_loader(dataset, cfg, info, device)
 
-    model = CRM(cfg.model, pretrained=cfg.pretrained).to(device)
+    last = out / "last.pt"
+    if cfg.init is not None and not last.exists():
+        from finecut.refine.api import load_refiner_model
+
+        model = load_refiner_model(cfg.init, device)
+        cfg = replace(cfg, model=model.config)
+        log.info("initialised from %s", cfg.init)
+    else:
+        model = CRM(cfg.model, pretrained=cfg.pretrained).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, start_epoch = 0, 0
-    last = out / "last.pt"
     if last.exists():
         state = load_checkpoint(last, map_location=device)
         model.load_state_dict(state["model"])
