@@ -44,7 +44,10 @@ class InferenceConfig:
         scales: fractions of the full resolution, coarse to fine (CRM: 0.125, 0.25, 0.5, 1.0).
         min_side: a scale whose resized short side is below this is skipped (never the last).
         full_query: query every pixel at every scale (CRM's own inference; slow).
-        band_cells: half-width of the query band, in latent cells of the current scale.
+        band_cells: half-width of the query band, in latent cells of the current scale (6: on
+            the 3492x2328 aeroplane the band mask is 99.97% IoU / 99.75% mBA of the full-query
+            mask, against 99.87 / 99.19 at 4 cells, for 15-18% more time; 8 cells gave 99.98 mBA
+            for 35% more).
         min_band: lower bound of the band half-width in full-resolution pixels.
         uncertainty: pixels with |p - 0.5| below this are always queried.
         tile_area: largest resized image encoded in one piece (pixels).
@@ -65,7 +68,7 @@ class InferenceConfig:
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     min_side: int = 128
     full_query: bool = False
-    band_cells: float = 4.0
+    band_cells: float = 6.0
     min_band: int = 3
     uncertainty: float = 0.4
     tile_area: int = 1024 * 1024
