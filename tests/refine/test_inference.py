@@ -83,9 +83,9 @@ def test_band_covering_everything_equals_full_query(model: CRM) -> None:
     np.testing.assert_allclose(band, full, atol=1e-6, rtol=0)
 
 
-def test_default_band_leaves_far_pixels_alone(model: CRM) -> None:
+def test_band_without_sentinels_leaves_far_pixels_alone(model: CRM) -> None:
     image, coarse = _scene(64, 80, seed=3)
-    cfg = InferenceConfig(scales=(1.0,))
+    cfg = InferenceConfig(scales=(1.0,), sentinel_cells=0)
     prob = refine_probability(model, image, coarse, cfg)
     full = refine_probability(model, image, coarse, InferenceConfig(scales=(1.0,), full_query=True))
     far = _far_from_boundary(coarse, radius=cfg.band_cells * 2 + 1)
@@ -95,6 +95,38 @@ def test_default_band_leaves_far_pixels_alone(model: CRM) -> None:
     near = ~far & (np.abs(prob - coarse) > 0)
     assert near.any()
     np.testing.assert_allclose(prob[near], full[near], atol=1e-5)
+
+
+def test_sentinels_find_a_change_far_from_the_band(model: CRM) -> None:
+    """Where the full query flips a region away from the boundary, the sentinels catch it."""
+    import copy
+
+    # a head biased to background: the full query empties the whole object, interior included
+    biased = copy.deepcopy(model)
+    with torch.no_grad():
+        biased.mlp[-1].bias.fill_(-50.0)
+    image, coarse = _scene(64, 80, seed=3)
+    base = InferenceConfig(scales=(1.0,), sentinel_cells=0)
+    full_cfg = InferenceConfig(scales=(1.0,), full_query=True)
+    full = refine_probability(biased, image, coarse, full_cfg)
+    far = _far_from_boundary(coarse, radius=base.band_cells * 2 + 1)
+    flipped_far = far & ((full > 0.5) != coarse)
+    assert flipped_far.sum() > 20  # something far from the band to catch
+    plain = refine_probability(biased, image, coarse, base)
+    with_sentinels = refine_probability(
+        biased, image, coarse, InferenceConfig(scales=(1.0,), sentinel_cells=1.0)
+    )
+    # without sentinels none of those pixels change; with them all do, to the full query's value
+    assert ((plain > 0.5) == coarse)[flipped_far].all()
+    assert ((with_sentinels > 0.5) == (full > 0.5))[flipped_far].all()
+    # every value the sentinels add is the network's answer there, as full_query gives it
+    changed = with_sentinels != plain
+    assert changed.any()
+    np.testing.assert_allclose(with_sentinels[changed], full[changed], atol=1e-5)
+    # and a model that changes nothing far away gets no extra queries: the output is the same
+    same = refine_probability(model, image, coarse, InferenceConfig(scales=(1.0,)))
+    far_flip = far & ((refine_probability(model, image, coarse, base) > 0.5) != (same > 0.5))
+    assert not far_flip.any()
 
 
 def _far_from_boundary(mask: np.ndarray, radius: float) -> np.ndarray:
@@ -110,7 +142,7 @@ def test_tiling(model: CRM) -> None:
     image, coarse = _scene(h, w, seed=4)
     coarse[:] = False
     coarse[30:62, 36:70] = True  # an object that touches a few of the 3 x 4 tiles only
-    cfg = InferenceConfig(scales=(1.0,), tile_area=64, tile=32, margin=16)
+    cfg = InferenceConfig(scales=(1.0,), tile_area=64, tile=32, margin=16, sentinel_cells=0)
     encoded: list[tuple[int, int]] = []
     encode = model.encode
 
@@ -132,7 +164,9 @@ def test_tiling(model: CRM) -> None:
     far = _far_from_boundary(coarse, radius=cfg.band_cells * 2 + 1)
     np.testing.assert_array_equal(prob[far], coarse[far].astype(np.float32))
     # tiles see less context than the whole image, but the answer stays close to it
-    whole = refine_probability(model, image, coarse, InferenceConfig(scales=(1.0,)))
+    whole = refine_probability(
+        model, image, coarse, InferenceConfig(scales=(1.0,), sentinel_cells=0)
+    )
     assert np.abs(prob - whole).max() < 0.05
 
 

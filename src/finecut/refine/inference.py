@@ -50,6 +50,10 @@ class InferenceConfig:
             for 35% more).
         min_band: lower bound of the band half-width in full-resolution pixels.
         uncertainty: pixels with |p - 0.5| below this are always queried.
+        sentinel_cells: outside the band, every encoded tile is also queried at one pixel per
+            this many latent cells; where such a sentinel flips, its neighbourhood is queried
+            too (catches holes and parts away from the boundary that the full query finds).
+            0 turns sentinels off.
         tile_area: largest resized image encoded in one piece (pixels).
         tile: interior side of a tile, in pixels of the resized image.
         margin: context around each tile, in pixels of the resized image.
@@ -71,6 +75,7 @@ class InferenceConfig:
     band_cells: float = 6.0
     min_band: int = 3
     uncertainty: float = 0.4
+    sentinel_cells: float = 2.0
     tile_area: int = 1024 * 1024
     tile: int = 256
     margin: int = 32
@@ -100,10 +105,23 @@ def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
-def _query_band(
+def _encode_region(
     model: CRM,
     image_s: np.ndarray,
     mask_s: np.ndarray,
+    region: tuple[int, int, int, int],
+    device: torch.device,
+):
+    """Encode one region of the resized image: (cell features, padded mask, padded size)."""
+    y0, y1, x0, x1 = region
+    img, msk = _to_tensor(image_s[y0:y1, x0:x1], mask_s[y0:y1, x0:x1], device)
+    img, msk = _pad_to(img, 32), _pad_to(msk, 32)
+    return model.encode(img, msk), msk, img.shape[-2:]
+
+
+def _query_points(
+    model: CRM,
+    encoded,
     region: tuple[int, int, int, int],
     ys: np.ndarray,
     xs: np.ndarray,
@@ -111,12 +129,9 @@ def _query_band(
     cfg: InferenceConfig,
     device: torch.device,
 ) -> np.ndarray:
-    """Encode one region of the resized image and return probabilities at full-res pixels."""
-    y0, y1, x0, x1 = region
-    img, msk = _to_tensor(image_s[y0:y1, x0:x1], mask_s[y0:y1, x0:x1], device)
-    img, msk = _pad_to(img, 32), _pad_to(msk, 32)
-    ph, pw = img.shape[-2:]
-    cell_feat = model.encode(img, msk)
+    """Probabilities at full-res pixels ``(ys, xs)`` from an encoded region."""
+    cell_feat, msk, (ph, pw) = encoded
+    y0, _, x0, _ = region
     sy, sx = scale
     out = np.empty(len(ys), dtype=np.float32)
     cell = torch.tensor([2.0 * sy / ph, 2.0 * sx / pw], device=device)
@@ -130,6 +145,29 @@ def _query_band(
         logits = model.query(cell_feat, coords, cell.expand_as(coords), msk)
         out[sl] = torch.sigmoid(logits[0].float()).cpu().numpy()
     return out
+
+
+def _sentinel_grid(h: int, w: int, step: int, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-res pixels every ``step`` px (cell centres), outside ``band``."""
+    gy, gx = np.meshgrid(
+        np.arange(step // 2, h, step), np.arange(step // 2, w, step), indexing="ij"
+    )
+    gy, gx = gy.ravel(), gx.ravel()
+    keep = ~band[gy, gx]
+    return gy[keep], gx[keep]
+
+
+def _around(
+    ys: np.ndarray, xs: np.ndarray, step: int, box: tuple[int, int, int, int], skip: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of ``box`` (full-res y0, y1, x0, x1) within ``step`` of a point, not in ``skip``."""
+    y0, y1, x0, x1 = box
+    near = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    near[ys - y0, xs - x0] = 1
+    near = cv2.dilate(near, np.ones((2 * step + 1, 2 * step + 1), np.uint8)).astype(bool)
+    near &= ~skip[y0:y1, x0:x1]
+    ny, nx = np.nonzero(near)
+    return ny + y0, nx + x0
 
 
 def _band_mask(prob: np.ndarray, radius: int, uncertainty: float) -> np.ndarray:
@@ -206,18 +244,48 @@ def refine_probability(
         # which tile each band pixel falls in (resized-image coordinates)
         ty_s = np.minimum(((by + 0.5) * sy).astype(np.int64), hs - 1)
         tx_s = np.minimum(((bx + 0.5) * sx).astype(np.int64), ws - 1)
-        n_tiles = 0
+        step = max(1, round(cfg.sentinel_cells * 2.0 / s)) if cfg.sentinel_cells > 0 else 0
+        if step and not cfg.full_query:
+            gy, gx = _sentinel_grid(h, w, step, band)
+            gty = np.minimum(((gy + 0.5) * sy).astype(np.int64), hs - 1)
+            gtx = np.minimum(((gx + 0.5) * sx).astype(np.int64), ws - 1)
+        n_tiles = n_extra = 0
         for inner, outer in _tiles(hs, ws, cfg):
             iy0, iy1, ix0, ix1 = inner
             sel = (ty_s >= iy0) & (ty_s < iy1) & (tx_s >= ix0) & (tx_s < ix1)
             if not sel.any():
                 continue
             n_tiles += 1
+            encoded = _encode_region(model, image_s, mask_s, outer, device)
             ys, xs = by[sel], bx[sel]
-            new_prob[ys, xs] = _query_band(
-                model, image_s, mask_s, outer, ys, xs, (sy, sx), cfg, device
+            new_prob[ys, xs] = _query_points(model, encoded, outer, ys, xs, (sy, sx), cfg, device)
+            if not step or cfg.full_query:
+                continue
+            # Sentinels: one query per ``sentinel_cells`` latent cells of this (already encoded)
+            # tile outside the band. Where one lands on the other side of 0.5 from the copied
+            # value (a hole or a part the model finds away from the boundary), its neighbourhood
+            # is queried too, so such changes are not lost to the copy.
+            gsel = (gty >= iy0) & (gty < iy1) & (gtx >= ix0) & (gtx < ix1)
+            sy_, sx_ = gy[gsel], gx[gsel]
+            if not len(sy_):
+                continue
+            g = _query_points(model, encoded, outer, sy_, sx_, (sy, sx), cfg, device)
+            flip = (g > 0.5) != (prob[sy_, sx_] > 0.5)
+            if not flip.any():
+                continue
+            box = (
+                max(0, math.ceil(iy0 / sy - 0.5)),
+                min(h, math.ceil(iy1 / sy - 0.5)),
+                max(0, math.ceil(ix0 / sx - 0.5)),
+                min(w, math.ceil(ix1 / sx - 0.5)),
             )
-        log.debug("scale %.3f: %dx%d, %d queries, %d tiles", s, ws, hs, len(by), n_tiles)
+            ey, ex = _around(sy_[flip], sx_[flip], step, box, band)
+            n_extra += len(ey)
+            new_prob[ey, ex] = _query_points(model, encoded, outer, ey, ex, (sy, sx), cfg, device)
+        log.debug(
+            "scale %.3f: %dx%d, %d band queries, %d around sentinels, %d tiles",
+            s, ws, hs, len(by), n_extra, n_tiles,
+        )
         prob = new_prob
         if progress is not None:
             progress(f"scale {s:g}")
