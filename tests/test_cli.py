@@ -491,24 +491,17 @@ def test_train_refine_writes_a_checkpoint_and_resumes(
     assert changed
 
 
+def _train_one_step_from(capsys, data: Path, out: Path, init: Path):
+    """``finecut train refine`` for one step from ``--init`` weights."""
+    args = ("train", "refine", "--data", data, "--out", out, "--iters", "1", "--init", init)
+    return _run(capsys, *args, *TRAIN_ARGS)
+
+
 def test_train_refine_init_starts_from_weights_with_a_fresh_schedule(
     capsys, trained_run, tiny_dataset, tmp_path
 ) -> None:
     run = tmp_path / "ft"
-    code, _, err = _run(
-        capsys,
-        "train",
-        "refine",
-        "--data",
-        tiny_dataset,
-        "--out",
-        run,
-        "--iters",
-        "1",
-        "--init",
-        trained_run / "last.pt",
-        *TRAIN_ARGS,
-    )
+    code, _, err = _train_one_step_from(capsys, tiny_dataset, run, trained_run / "last.pt")
     assert code == 0, err
     start = torch.load(trained_run / "last.pt", map_location="cpu", weights_only=False)
     tuned = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
@@ -524,19 +517,8 @@ def test_train_refine_init_starts_from_weights_with_a_fresh_schedule(
 
 
 def test_train_refine_init_missing_is_one_line(capsys, tiny_dataset, tmp_path) -> None:
-    code, _, err = _run(
-        capsys,
-        "train",
-        "refine",
-        "--data",
-        tiny_dataset,
-        "--out",
-        tmp_path / "ft",
-        "--iters",
-        "1",
-        "--init",
-        tmp_path / "nope.safetensors",
-        *TRAIN_ARGS,
+    code, _, err = _train_one_step_from(
+        capsys, tiny_dataset, tmp_path / "ft", tmp_path / "nope.safetensors"
     )
     assert code != 0
     assert "nope.safetensors" in err and "Traceback" not in err

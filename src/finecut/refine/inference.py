@@ -152,6 +152,20 @@ def _query_points(
     return out
 
 
+def _resized_coords(ys, xs, sy: float, sx: float, hs: int, ws: int):
+    """The resized-image pixel that each full-res pixel centre ``(ys, xs)`` falls in."""
+    ty = np.minimum(((ys + 0.5) * sy).astype(np.int64), hs - 1)
+    tx = np.minimum(((xs + 0.5) * sx).astype(np.int64), ws - 1)
+    return ty, tx
+
+
+def _inside(box: tuple[int, int, int, int], at) -> np.ndarray:
+    """Which resized-image pixels ``at = (ty, tx)`` lie in ``box`` (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = box
+    ty, tx = at
+    return (ty >= y0) & (ty < y1) & (tx >= x0) & (tx < x1)
+
+
 def _sentinel_grid(h: int, w: int, step: int, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Full-res pixels every ``step`` px (cell centres), outside ``band``."""
     gy, gx = np.meshgrid(
@@ -247,30 +261,29 @@ def refine_probability(
         new_prob = prob.copy()
         by, bx = np.nonzero(band)
         # which tile each band pixel falls in (resized-image coordinates)
-        ty_s = np.minimum(((by + 0.5) * sy).astype(np.int64), hs - 1)
-        tx_s = np.minimum(((bx + 0.5) * sx).astype(np.int64), ws - 1)
+        band_at = _resized_coords(by, bx, sy, sx, hs, ws)
         step = max(1, round(cfg.sentinel_cells * 2.0 / s)) if cfg.sentinel_cells > 0 else 0
-        if step and not cfg.full_query:
+        sentinels = step > 0 and not cfg.full_query
+        if sentinels:
             gy, gx = _sentinel_grid(h, w, step, band)
-            gty = np.minimum(((gy + 0.5) * sy).astype(np.int64), hs - 1)
-            gtx = np.minimum(((gx + 0.5) * sx).astype(np.int64), ws - 1)
+            grid_at = _resized_coords(gy, gx, sy, sx, hs, ws)
         n_tiles = n_extra = 0
         for inner, outer in _tiles(hs, ws, cfg):
             iy0, iy1, ix0, ix1 = inner
-            sel = (ty_s >= iy0) & (ty_s < iy1) & (tx_s >= ix0) & (tx_s < ix1)
+            sel = _inside(inner, band_at)
             if not sel.any():
                 continue
             n_tiles += 1
             encoded = _encode_region(model, image_s, mask_s, outer, device)
             ys, xs = by[sel], bx[sel]
             new_prob[ys, xs] = _query_points(model, encoded, outer, ys, xs, (sy, sx), cfg, device)
-            if not step or cfg.full_query:
+            if not sentinels:
                 continue
             # Sentinels: one query per ``sentinel_cells`` latent cells of this (already encoded)
             # tile outside the band. Where one lands on the other side of 0.5 from the copied
             # value (a hole or a part the model finds away from the boundary), its neighbourhood
             # is queried too, so such changes are not lost to the copy.
-            gsel = (gty >= iy0) & (gty < iy1) & (gtx >= ix0) & (gtx < ix1)
+            gsel = _inside(inner, grid_at)
             sy_, sx_ = gy[gsel], gx[gsel]
             if not len(sy_):
                 continue
