@@ -516,6 +516,25 @@ def test_train_refine_init_starts_from_weights_with_a_fresh_schedule(
     assert near < 0.1 * far
 
 
+def test_train_refine_init_of_another_config_resumes_with_that_config(
+    capsys, tiny_dataset, tmp_path
+) -> None:
+    source = tmp_path / "narrow"
+    args = ("--iters", "1", "--latent-channels", "32", *TRAIN_ARGS)
+    code, _, err = _run(capsys, "train", "refine", "--data", tiny_dataset, "--out", source, *args)
+    assert code == 0, err
+    run = tmp_path / "ft"
+    code, _, err = _train_one_step_from(capsys, tiny_dataset, run, source / "last.pt")
+    assert code == 0, err
+    # resuming the fine-tuning run (no --latent-channels given) keeps the init weights' model
+    more = ("--iters", "2", "--init", source / "last.pt", *TRAIN_ARGS)
+    code, _, err = _run(capsys, "train", "refine", "--data", tiny_dataset, "--out", run, *more)
+    assert code == 0, err
+    resumed = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert resumed["step"] == 2 and _log_steps(run) == [1, 2]
+    assert resumed["config"]["model"]["latent_channels"] == 32
+
+
 def test_train_refine_init_missing_is_one_line(capsys, tiny_dataset, tmp_path) -> None:
     code, _, err = _train_one_step_from(
         capsys, tiny_dataset, tmp_path / "ft", tmp_path / "nope.safetensors"

@@ -113,7 +113,16 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
     loader = _make_loader(dataset, cfg, info, device)
 
     last = out / "last.pt"
-    if cfg.init is not None and not last.exists():
+    state = load_checkpoint(last, map_location=device) if last.exists() else None
+    if state is not None:
+        # a resumed run keeps its own model (with --init, the init weights' config, which the
+        # command line need not repeat)
+        saved = CRMConfig.from_dict(state["config"]["model"])
+        if saved != cfg.model and cfg.init is None:
+            log.warning("resuming %s with its own model config, not the one given", last)
+        cfg = replace(cfg, model=saved)
+        model = CRM(cfg.model, pretrained=False).to(device)
+    elif cfg.init is not None:
         from finecut.refine.api import load_refiner_model
 
         model = load_refiner_model(cfg.init, device)
@@ -123,8 +132,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
         model = CRM(cfg.model, pretrained=cfg.pretrained).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, start_epoch = 0, 0
-    if last.exists():
-        state = load_checkpoint(last, map_location=device)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, start_epoch = state["step"], state["epoch"] + 1
