@@ -332,3 +332,49 @@ def test_crm_loss_is_zero_for_perfect_logits_and_grows_with_errors() -> None:
     assert float(total) < float(partial) < float(worst)
     assert terms_worst["l1"] == pytest.approx(1.0, abs=1e-6)
     assert terms_worst["bce"] == pytest.approx(30.0, abs=1e-3)
+
+
+def test_query_of_a_batch_equals_each_sample_in_either_memory_format() -> None:
+    """Batched queries index each sample's own cells; channels-last latents give the same logits."""
+    model = _model(coarse_skip=False).eval()
+    torch.manual_seed(3)
+    cell_feat = torch.randn(3, model.config.hidden[0], 9, 13)
+    coords = torch.rand(3, 50, 2) * 2.2 - 1.1  # some queries outside [-1, 1]: clamped cells
+    cell = torch.full_like(coords, 2.0 / 40)
+    with torch.no_grad():
+        batched = query_latent(cell_feat, coords, cell, model.pos_proj, model.mlp)
+        last = cell_feat.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(
+            query_latent(last, coords, cell, model.pos_proj, model.mlp), batched
+        )
+        for i in range(3):
+            one = query_latent(
+                cell_feat[i : i + 1], coords[i : i + 1], cell[i : i + 1], model.pos_proj, model.mlp
+            )
+            torch.testing.assert_close(one[0], batched[i], atol=1e-6, rtol=1e-6)
+
+
+def test_query_latent_gradcheck_float64() -> None:
+    """Gradients of the head with respect to the cell features and the position weights."""
+    torch.manual_seed(4)
+    mlp = torch.nn.Sequential(
+        torch.nn.ReLU(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1)
+    ).double()
+    cell_feat = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    coords = torch.rand(2, 7, 2, dtype=torch.float64) * 1.8 - 0.9
+    cell = torch.full_like(coords, 0.1)
+    assert torch.autograd.gradcheck(
+        lambda feat, wt: query_latent(feat, coords, cell, _Fixed(wt), mlp), (cell_feat, weight)
+    )
+
+
+class _Fixed(torch.nn.Module):
+    """A bias-free linear map whose weight is a given tensor (so gradcheck can vary it)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)

@@ -76,7 +76,9 @@ def load_refiner_model(
         raise WeightsError(
             f"weights {str(path)!r} do not fit the CRM model: {first}{more}"
         ) from None
-    return model.to(device).eval()
+    # channels-last weights match the channels-last inputs of finecut.refine.inference (oneDNN
+    # then need not reorder them on every call)
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

@@ -62,7 +62,8 @@ class InferenceConfig:
         tile_area: largest resized image encoded in one piece (pixels).
         tile: interior side of a tile, in pixels of the resized image.
         margin: context around each tile, in pixels of the resized image.
-        chunk: queries per call of the implicit head.
+        chunk: queries per call of the implicit head (16384: its (chunk, 32) activations stay
+            in the CPU's cache; 0.61 us per query against 0.84 at 32768 and 0.72 at 4096).
         min_object: objects whose bounding box is smaller than this (both sides) are copied through.
         snap: finish with edge snapping (closed-form matting in a thin band around the refined
             boundary, :mod:`finecut.refine.snap`); False gives the CRM output alone.
@@ -84,7 +85,7 @@ class InferenceConfig:
     tile_area: int = 1024 * 1024
     tile: int = 256
     margin: int = 32
-    chunk: int = 1 << 16
+    chunk: int = 1 << 14
     min_object: int = 32
     snap: bool = True
     snap_fraction: float = 0.006
@@ -121,6 +122,10 @@ def _encode_region(
     y0, y1, x0, x1 = region
     img, msk = _to_tensor(image_s[y0:y1, x0:x1], mask_s[y0:y1, x0:x1], device)
     img, msk = _pad_to(img, 32), _pad_to(msk, 32)
+    # channels-last: the encoder's depthwise convolutions run faster in it on the CPU (oneDNN;
+    # 0.12 s against 0.155 s for a 320x320 tile here), and the per-cell features come out as
+    # contiguous (h * w, D) rows for the queries' gather
+    img = img.contiguous(memory_format=torch.channels_last)
     return model.encode(img, msk), msk, img.shape[-2:]
 
 

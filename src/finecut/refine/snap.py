@@ -6,19 +6,18 @@ object's edge but not on it, so it raises IoU while CascadePSP's boundary accura
 1 to (H + W) / 300 pixels) stays flat. Snapping solves closed-form matting (Levin et al., CVPR
 2006, through pymatting, as :func:`finecut.refine.baselines.matting_refine`) in a band of
 ``band`` pixels on both sides of the refined boundary: the colour model of each 3x3 window then
-moves the boundary onto the image edge, and the alpha it solves is the soft output. Measured on
+moves the boundary onto the image edge, and the alpha it solves is the soft output. The system
+is pymatting's, built for the band's pixels only (:mod:`finecut.refine.band_matting`). Measured on
 ECSSD 801-830 (``docs/benchmarks.md``): the same matting applied to the coarse mask, with its
 wider band, gains far less, because the coarse mask is not within a few pixels of the edge.
 
 Snapping runs ``passes`` times (3 by default, :data:`SNAP_PASSES`) in bands halving to 1 px.
 
 The band scales with the image, ``clip(round(fraction * (H + W)), min_band, max_band)``; the cap
-bounds the cost on large images (the matting system grows with the band's area). The system is
-solved in tiles of ``tile`` pixels (only tiles that hold band pixels; 256 px: on the 3492x2328
-aeroplane one 8 px pass took 1.4 s in 256-px tiles against 4.5 s in 1024-px tiles, the same mask
-to 6 pixels), each with a margin of context, so memory stays bounded at 8K: the closed-form
-Laplacian couples only pixels within 3x3 windows, and a margin of twice the band keeps each
-tile's band pixels far from its cut.
+bounds the cost on large images (the matting system grows with the band's area). The whole band
+is one system, built in chunks of windows, so memory stays bounded at 8K. (Until 2026-12-02 it was
+solved with pymatting in 256-px tiles with margins: 3.9 s for the three passes on the 3492x2328
+aeroplane, against 2.0 s for the band system, which also has no seams between tiles.)
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ import logging
 
 import numpy as np
 
-from finecut.refine.baselines import make_trimap, solve_alpha
+from finecut.refine.band_matting import solve_band_alpha
+from finecut.refine.baselines import make_trimap
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,14 @@ def snap_to_edges(
     image: np.ndarray,
     prob: np.ndarray,
     band: int,
-    tile: int = 256,
     epsilon: float = SNAP_CF_EPSILON,
     passes: int = 1,
 ) -> np.ndarray:
     """Alpha of closed-form matting in a band of ``band`` px around ``prob``'s 0.5 boundary.
 
     Outside the band the alpha is the thresholded ``prob`` (0 or 1). When the band leaves no
-    definite foreground or background (a mask thinner than the band), ``prob`` is returned.
+    definite foreground or background (a mask thinner than the band), ``prob`` is returned; a part
+    of the band that touches only one known side (a thin part away from the rest) keeps ``prob``.
     With ``passes`` > 1, each further pass snaps the previous pass's alpha again in a narrower
     band (:func:`snap_schedule`); the result thresholds at 0.5 to the last pass's mask, and its
     soft values are the first pass's alpha wherever that lies on the same side of 0.5 (the
@@ -91,50 +91,19 @@ def snap_to_edges(
         image: (H, W, 3) uint8; prob: (H, W) float in [0, 1] -> (H, W) float32 in [0, 1].
     """
     schedule = snap_schedule(band, passes)
-    if tile < 16:
-        raise ValueError(f"need tile >= 16, got {tile}")
-    first = alpha = _snap_once(image, prob, schedule[0], tile, epsilon)
+    first = alpha = _snap_once(image, prob, schedule[0], epsilon)
     for narrower in schedule[1:]:
-        alpha = _snap_once(image, alpha, narrower, tile, epsilon)
+        alpha = _snap_once(image, alpha, narrower, epsilon)
     if len(schedule) == 1:
         return first
     return np.where((first > 0.5) == (alpha > 0.5), first, alpha)
 
 
-def _snap_once(
-    image: np.ndarray, prob: np.ndarray, band: int, tile: int, epsilon: float
-) -> np.ndarray:
-    mask = prob > 0.5
-    trimap = make_trimap(mask, band)
+def _snap_once(image: np.ndarray, prob: np.ndarray, band: int, epsilon: float) -> np.ndarray:
+    trimap = make_trimap(prob > 0.5, band)
     if not ((trimap == 1.0).any() and (trimap == 0.0).any()):
         log.debug("snap: the %d px band leaves no definite foreground or background; skipped", band)
         return prob.astype(np.float32)
-    unknown = trimap == 0.5
-    alpha = trimap.astype(np.float32)
-    h, w = mask.shape
-    margin = 2 * band + 8
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-            if not unknown[y0:y1, x0:x1].any():
-                continue
-            cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
-            cy1, cx1 = min(h, y1 + margin), min(w, x1 + margin)
-            crop_tri = trimap[cy0:cy1, cx0:cx1]
-            keep = unknown[y0:y1, x0:x1]
-            if not ((crop_tri == 1.0).any() and (crop_tri == 0.0).any()):
-                # Only one side is known here (a part thinner than the band, all unknown, with
-                # no other foreground within the margin): nothing to fit a colour model to, so
-                # the tile keeps the input probability, as a whole image without one side does.
-                alpha[y0:y1, x0:x1][keep] = prob[y0:y1, x0:x1][keep]
-                continue
-            crop_img = image[cy0:cy1, cx0:cx1].astype(np.float64) / 255.0
-            # Jacobi-preconditioned CG: the thin band's system converges fast, and building the
-            # incomplete Cholesky factor took 58% of a pass (aeroplane, 3 passes: 3.2 s against
-            # 4.0 s; ECSSD 1-60 IoU / mBA identical to two decimals, 94.81 / 76.78).
-            solved = solve_alpha(
-                crop_img, crop_tri.astype(np.float64), "cf", epsilon, preconditioner="jacobi"
-            )
-            inner = solved[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-            alpha[y0:y1, x0:x1][keep] = inner[keep]
-    return np.clip(alpha, 0.0, 1.0)
+    # The whole band is one system (finecut.refine.band_matting builds only its rows), started
+    # from the probability; a band component with one known side keeps the probability.
+    return solve_band_alpha(image, trimap, epsilon, x0=prob, fallback=prob)
