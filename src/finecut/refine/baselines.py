@@ -57,6 +57,7 @@ __all__ = [
     "guided_filter",
     "guided_filter_refine",
     "solve_alpha",
+    "known_sides",
     "make_trimap",
     "matting_refine",
 ]
@@ -302,28 +303,40 @@ def default_band(height: int, width: int) -> int:
     return max(2, round(MATTING_BAND_FRACTION * (height + width)))
 
 
-def make_trimap(coarse: np.ndarray, band: int) -> np.ndarray:
-    """Trimap of a binary mask: 1 = mask eroded by ``band`` px, 0 = outside the mask dilated by
-    ``band`` px, 0.5 in between (structuring element: OpenCV's ellipse of side 2 * band + 1).
+def known_sides(coarse: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """Definite foreground and background of a binary mask with a band of ``band`` px between.
 
-    Shape:
-        - coarse: (H, W) bool.
-        - output: (H, W) float64 in {0, 0.5, 1}, pymatting's trimap convention.
+    Foreground is the mask eroded by ``band`` px, background the outside of the mask dilated by
+    ``band`` px (structuring element: OpenCV's ellipse of side 2 * band + 1); outside the image
+    counts as background for both.
+
+    Shape: coarse (H, W) bool -> two (H, W) bool.
     """
-    coarse = np.asarray(coarse, dtype=bool)
+    coarse = np.ascontiguousarray(coarse, dtype=bool)
     if coarse.ndim != 2:
         raise ValueError(f"coarse must be (H, W) bool, got shape {coarse.shape}")
     if int(band) != band or band < 1:
         raise ValueError(f"band must be an integer >= 1, got {band}")
     k = 2 * int(band) + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    m = coarse.astype(np.uint8)
-    # Outside the image counts as background for erosion and dilation alike.
-    fg = cv2.erode(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    near = cv2.dilate(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    trimap = np.full(coarse.shape, 0.5)
+    m = coarse.view(np.uint8)
+    fg = cv2.erode(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    near = cv2.dilate(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    return fg, ~near
+
+
+def make_trimap(coarse: np.ndarray, band: int) -> np.ndarray:
+    """Trimap of a binary mask: 1 = mask eroded by ``band`` px, 0 = outside the mask dilated by
+    ``band`` px, 0.5 in between (:func:`known_sides`).
+
+    Shape:
+        - coarse: (H, W) bool.
+        - output: (H, W) float64 in {0, 0.5, 1}, pymatting's trimap convention.
+    """
+    fg, bg = known_sides(coarse, band)
+    trimap = np.full(fg.shape, 0.5)
     trimap[fg] = 1.0
-    trimap[~near] = 0.0
+    trimap[bg] = 0.0
     return trimap
 
 

@@ -27,7 +27,7 @@ import logging
 import numpy as np
 
 from finecut.refine.band_matting import solve_band_alpha
-from finecut.refine.baselines import make_trimap
+from finecut.refine.baselines import known_sides
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,21 @@ def snap_to_edges(
 
 
 def _snap_once(image: np.ndarray, prob: np.ndarray, band: int, epsilon: float) -> np.ndarray:
-    trimap = make_trimap(prob > 0.5, band)
-    if not ((trimap == 1.0).any() and (trimap == 0.0).any()):
+    fg, bg = known_sides(prob > 0.5, band)
+    if not (fg.any() and bg.any()):
         log.debug("snap: the %d px band leaves no definite foreground or background; skipped", band)
         return prob.astype(np.float32)
+    # Solve in the bounding box of the band, 2 px wider: every 3x3 window that touches a band
+    # pixel lies in it, so the system is the whole image's (and full-size work is a few masks).
+    unknown = ~(fg | bg)
+    rows, cols = np.flatnonzero(unknown.any(axis=1)), np.flatnonzero(unknown.any(axis=0))
+    h, w = unknown.shape
+    crop = np.s_[
+        max(0, rows[0] - 2) : min(h, rows[-1] + 3), max(0, cols[0] - 2) : min(w, cols[-1] + 3)
+    ]
+    trimap = fg[crop] + 0.5 * unknown[crop]
+    alpha = fg.astype(np.float32)
     # The whole band is one system (finecut.refine.band_matting builds only its rows), started
     # from the probability; a band component with one known side keeps the probability.
-    return solve_band_alpha(image, trimap, epsilon, x0=prob, fallback=prob)
+    alpha[crop] = solve_band_alpha(image[crop], trimap, epsilon, x0=prob[crop], fallback=prob[crop])
+    return alpha
