@@ -240,7 +240,15 @@ class CRM(nn.Module):
                 f"coarse must be (B, 1, H, W) = {(image.shape[0], 1, *image.shape[2:])}, "
                 f"got {tuple(coarse.shape)}"
             )
-        x = torch.cat([image, coarse * 2.0 - 1.0], dim=1)
+        # keep the image's memory format: torch.cat of a channels-last image and a one-channel
+        # mask returns a contiguous tensor, and the channels-last stem convolution then takes a
+        # slow path (17 ms against about 1 ms for a 320x320 tile on 2 CPU cores)
+        fmt = (
+            torch.channels_last
+            if image.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        x = torch.cat([image, coarse * 2.0 - 1.0], dim=1).contiguous(memory_format=fmt)
         feats = self.encoder(x)
         size = feats[0].shape[-2:]
         fused = []

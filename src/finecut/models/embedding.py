@@ -433,7 +433,7 @@ def load_embedding_model(
     Raises:
         WeightsError: missing, corrupt (sha256 mismatch) or non-fitting weights.
     """
-    from finecut.weights import WEIGHTS_DIR, load_manifest, load_state_dict
+    from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
 
     if weights is None or (isinstance(weights, str) and not Path(weights).suffix):
         name = weights or DEFAULT_EMBEDDING_WEIGHTS
@@ -459,7 +459,7 @@ def load_embedding_model(
             config = EmbeddingConfig.from_dict(ckpt["config"]["model"])
     model = SemanticEmbedding(config, pretrained=False)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(flush_subnormals(state))
     except RuntimeError as exc:
         problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         first = problems[0] if problems else " ".join(str(exc).split())

@@ -21,7 +21,7 @@ from finecut.errors import ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
 from finecut.refine.inference import InferenceConfig, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
-from finecut.weights import WEIGHTS_DIR, load_manifest, load_state_dict
+from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def load_refiner_model(
             config = CRMConfig.from_dict(ckpt["config"]["model"])
     model = CRM(config, pretrained=False)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(flush_subnormals(state))
     except RuntimeError as exc:
         # torch lists every mismatch on its own line; the CLI promises one line per error
         problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]

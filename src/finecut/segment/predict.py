@@ -190,9 +190,11 @@ def load_segmenter(
             cfg, state = _from_safetensors(path)
         else:
             cfg, state = _from_checkpoint(path)
+    from finecut.weights import flush_subnormals
+
     model = Segmenter(cfg, pretrained=False)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(flush_subnormals(state))
     except RuntimeError as exc:
         raise WeightsError(f"{path} does not fit its segmenter config: {exc}") from None
     return model.to(resolve_device(device)).eval()

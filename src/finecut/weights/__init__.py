@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "WEIGHTS_DIR",
+    "flush_subnormals",
     "load_checkpoint",
     "load_manifest",
     "load_state_dict",
@@ -35,6 +36,28 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def flush_subnormals(state: dict, threshold: float = 1e-20) -> dict:
+    """Set floating-point values of a state dict below ``threshold`` in magnitude to zero, in place.
+
+    Weight decay drives the weights of unused channels towards zero: the shipped crm_lite0 has
+    391k weights below 1e-20 (322k below 1e-30, some subnormal). x86 CPUs multiply subnormal
+    numbers, or numbers whose product is subnormal, about 25x slower than normal ones: the stem
+    convolution of a 320x320 tile took 12.9 ms with such weights against 0.5 ms without, and
+    EfficientNet's last stages were slowed likewise. A weight below 1e-20 adds less than 1e-20
+    times its input to a sum, below float32 resolution of any output the models produce, so
+    zeroing them changes no result (the refinement tests hold the same recorded values).
+
+    Returns:
+        ``state``.
+    """
+    import torch
+
+    for value in state.values():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            value.masked_fill_(value.abs() < threshold, 0.0)
+    return state
 
 
 def load_manifest(name: str, directory: Path = WEIGHTS_DIR) -> dict:
