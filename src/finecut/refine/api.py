@@ -19,6 +19,7 @@ import torch
 
 from finecut.errors import ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
+from finecut.models.fold import fold_batchnorm
 from finecut.refine.inference import InferenceConfig, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
 from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
@@ -76,9 +77,7 @@ def load_refiner_model(
         raise WeightsError(
             f"weights {str(path)!r} do not fit the CRM model: {first}{more}"
         ) from None
-    # channels-last weights match the channels-last inputs of finecut.refine.inference (oneDNN
-    # then need not reorder them on every call)
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return model.to(device).eval()
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -152,6 +151,10 @@ class Refiner:
             torch.set_num_threads(threads)
         self.config = config or InferenceConfig()
         self.model = load_refiner_model(weights, self.device)
+        # What refine() runs: a copy with BatchNorm folded into the convolutions, its weights
+        # channels-last like the inputs finecut.refine.inference gives it (oneDNN then need not
+        # reorder them on every call). ``model`` stays the network as loaded.
+        self._net = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
 
     def refine(
         self,
@@ -199,7 +202,7 @@ class Refiner:
             prob = coarse.astype(np.float32)
         else:
             prob = refine_probability(
-                self.model, rgb, coarse, cfg, device=self.device, progress=progress
+                self._net, rgb, coarse, cfg, device=self.device, progress=progress
             )
             if cfg.snap:
                 h, w = coarse.shape
