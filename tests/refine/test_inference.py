@@ -195,3 +195,51 @@ def test_model_is_put_in_eval_mode() -> None:
     assert not net.training
     # untrained coarse_skip model: the coarse mask comes back
     np.testing.assert_array_equal(prob > 0.5, coarse)
+
+
+def _band_reference(prob: np.ndarray, radius: int, uncertainty: float) -> np.ndarray:
+    """The band by whole-image distance transforms (what the cropped version must equal)."""
+    hard = (prob > 0.5).astype(np.uint8)
+    d_in = cv2.distanceTransform(hard, cv2.DIST_L2, 3)
+    d_out = cv2.distanceTransform(1 - hard, cv2.DIST_L2, 3)
+    return (np.maximum(d_in, d_out) <= radius) | (np.abs(prob - 0.5) < uncertainty)
+
+
+@pytest.mark.parametrize("radius", [1, 3, 12, 40, 200])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_band_mask_equals_the_whole_image_distance_transform(radius: int, seed: int) -> None:
+    from finecut.refine.inference import _band_mask
+
+    rng = np.random.default_rng(seed)
+    h, w = 150, 230
+    prob = np.zeros((h, w), np.float32)
+    # an ellipse far from the border, a blob touching the border, soft values, a lone pixel
+    cv2.ellipse(prob, (120, 70), (40, 25), 15, 0, 360, 0.9, -1)
+    cv2.circle(prob, (int(rng.integers(0, w)), 0), int(rng.integers(5, 30)), 0.7, -1)
+    prob[rng.integers(0, h), rng.integers(0, w)] = 1.0
+    prob[rng.random((h, w)) < 0.01] = 0.45
+    np.testing.assert_array_equal(_band_mask(prob, radius, 0.4), _band_reference(prob, radius, 0.4))
+    empty = np.zeros((h, w), np.float32)
+    np.testing.assert_array_equal(
+        _band_mask(empty, radius, 0.4), _band_reference(empty, radius, 0.4)
+    )
+    full = np.ones((h, w), np.float32)
+    np.testing.assert_array_equal(_band_mask(full, radius, 0.4), _band_reference(full, radius, 0.4))
+
+
+def test_points_are_grouped_by_tile_in_order() -> None:
+    from finecut.refine.inference import _by_tile, _tiles
+
+    rng = np.random.default_rng(0)
+    hs, ws = 300, 500
+    cfg = InferenceConfig(tile_area=1000, tile=64)
+    ty, tx = rng.integers(0, hs, 5000), rng.integers(0, ws, 5000)
+    groups = _by_tile((ty, tx), hs, ws, cfg)
+    tiles = list(_tiles(hs, ws, cfg))
+    assert len(groups) == len(tiles)
+    for group, ((y0, y1, x0, x1), _) in zip(groups, tiles, strict=True):
+        inside = np.flatnonzero((ty >= y0) & (ty < y1) & (tx >= x0) & (tx < x1))
+        np.testing.assert_array_equal(group, inside)
+    whole = _by_tile((ty, tx), hs, ws, InferenceConfig())
+    assert len(whole) == 1
+    np.testing.assert_array_equal(whole[0], np.arange(5000))
