@@ -205,20 +205,25 @@ def _band_reference(prob: np.ndarray, radius: int, uncertainty: float) -> np.nda
     return (np.maximum(d_in, d_out) <= radius) | (np.abs(prob - 0.5) < uncertainty)
 
 
-@pytest.mark.parametrize("radius", [1, 3, 12, 40, 200])
+@pytest.mark.parametrize("radius", [1, 3, 12, 40, 96, 200])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_band_mask_equals_the_whole_image_distance_transform(radius: int, seed: int) -> None:
     from finecut.refine.inference import _band_mask
 
     rng = np.random.default_rng(seed)
-    h, w = 150, 230
+    h, w = 420, 330
     prob = np.zeros((h, w), np.float32)
-    # an ellipse far from the border, a blob touching the border, soft values, a lone pixel
-    cv2.ellipse(prob, (120, 70), (40, 25), 15, 0, 360, 0.9, -1)
+    # a box with long straight sides (the chamfer distance runs 4.5% short along an axis), an
+    # ellipse, a blob touching the border, soft values, a lone pixel
+    prob[300:340, 120:240] = 1.0
+    cv2.ellipse(prob, (120, 250), (40, 25), 15, 0, 360, 0.9, -1)
     cv2.circle(prob, (int(rng.integers(0, w)), 0), int(rng.integers(5, 30)), 0.7, -1)
     prob[rng.integers(0, h), rng.integers(0, w)] = 1.0
     prob[rng.random((h, w)) < 0.01] = 0.45
     np.testing.assert_array_equal(_band_mask(prob, radius, 0.4), _band_reference(prob, radius, 0.4))
+    box = np.zeros((h, w), np.float32)
+    box[300:340, 100:240] = 1.0  # alone: its straight top side is the bounding box's
+    np.testing.assert_array_equal(_band_mask(box, radius, 0.4), _band_reference(box, radius, 0.4))
     empty = np.zeros((h, w), np.float32)
     np.testing.assert_array_equal(
         _band_mask(empty, radius, 0.4), _band_reference(empty, radius, 0.4)
