@@ -3,6 +3,8 @@
     .venv/bin/python bench/refine_speed.py                 # aeroplane 3492x2328, 2 threads
     .venv/bin/python bench/refine_speed.py --images all --repeats 2
     .venv/bin/python bench/refine_speed.py --images aeroplane@2.2 --modes band   # 7682x5122
+    git worktree add /tmp/before <commit>      # an earlier finecut, timed in the same run:
+    .venv/bin/python bench/refine_speed.py --compare /tmp/before/src --repeats 2
 
 Each (image, mode) runs in its own subprocess so peak RSS (``ru_maxrss``) belongs to that mode
 alone. All modes use the same model, scales and tiles; ``full`` queries every full-resolution
@@ -11,6 +13,11 @@ that contain band pixels only), ``snap`` is ``band`` followed by edge snapping (
 ``finecut.refine.snap``). The table gives wall time of the refine call (model already
 loaded), peak RSS of the process, and how far finecut's mask is from the full-query mask: IoU and
 mBA measured with the full-query mask as the reference. Printed as a markdown table.
+
+``--compare SRC`` also runs the ``--compare-modes`` with the finecut package under ``SRC`` (the
+``src`` folder of another checkout, e.g. a git worktree of an earlier commit), each right after
+the same mode of this checkout, so a change is timed against its baseline on the same machine in
+the same minutes (this machine's speed varies by 1.5x from day to day).
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ def _child(args) -> None:
     )
 
 
-def _run_child(image: str, mode: str, args, save: Path) -> dict:
+def _run_child(image: str, mode: str, args, save: Path, src: str | None = None) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -103,6 +110,8 @@ def _run_child(image: str, mode: str, args, save: Path) -> dict:
     if args.weights:
         cmd += ["--weights", args.weights]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if src:
+        env["PYTHONPATH"] = os.path.abspath(src)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -118,6 +127,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None)
     p.add_argument("--modes", default="full,band,snap")
+    p.add_argument("--compare", default=None, help="src folder of another finecut checkout")
+    p.add_argument("--compare-modes", default="band,snap")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--image", default="aeroplane", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="band", help=argparse.SUPPRESS)
@@ -144,26 +155,30 @@ def main() -> None:
         "| mBA vs full % |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    label = Path(args.compare).resolve().parent.name if args.compare else ""
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             res, masks = {}, {}
             for mode in modes:
-                save = Path(tmp) / f"{name}_{mode}.npy"
-                res[mode] = _run_child(name, mode, args, save)
-                masks[mode] = np.load(save)
+                runs = [(mode, None)]
+                if args.compare and mode in args.compare_modes.split(","):
+                    runs.append((f"{mode} ({label})", args.compare))
+                for key, src in runs:
+                    save = Path(tmp) / f"{name}_{len(res)}.npy"
+                    res[key] = _run_child(name, mode, args, save, src)
+                    masks[key] = np.load(save)
             base = res.get("full")
-            for mode in modes:
-                r = res[mode]
+            for key, r in res.items():
                 t = min(r["times"])
                 size = "x".join(map(str, r["size"]))
                 if base is not None:
                     speed = f"{min(base['times']) / t:.2f}x"
                     ref = masks["full"]
-                    q = f"{100 * iou(masks[mode], ref):.3f} | {100 * mba(masks[mode], ref):.2f}"
+                    q = f"{100 * iou(masks[key], ref):.3f} | {100 * mba(masks[key], ref):.2f}"
                 else:
                     speed, q = "-", "- | -"
                 print(
-                    f"| {name} | {size} | {mode} | {t:.2f} | {r['load_s']:.2f} | "
+                    f"| {name} | {size} | {key} | {t:.2f} | {r['load_s']:.2f} | "
                     f"{r['rss_gb']:.2f} | {speed} | {q} |"
                 )
 
