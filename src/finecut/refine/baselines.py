@@ -345,23 +345,16 @@ def solve_alpha(
     trimap: np.ndarray,
     method: str = "cf",
     cf_epsilon: float = 1e-5,
-    preconditioner: str = "ichol",
 ) -> np.ndarray:
     """Alpha of a trimap (1 fg, 0 bg, 0.5 unknown) by pymatting's ``method``.
-
-    ``preconditioner`` (``cf`` only): pymatting's default incomplete Cholesky, or ``jacobi``,
-    cheaper to set up and as good for the thin bands of edge snapping (``finecut.refine.snap``).
 
     Shape: image (H, W, 3) float64 in [0, 1]; trimap (H, W) float64 -> (H, W) float64.
     """
     import pymatting  # numba-compiled and slow to import; only this baseline needs it
 
     if method == "cf":
-        if preconditioner not in ("ichol", "jacobi"):
-            raise ValueError(f"preconditioner must be 'ichol' or 'jacobi', got {preconditioner!r}")
-        extra = {"preconditioner": pymatting.jacobi} if preconditioner == "jacobi" else {}
         solver = functools.partial(
-            pymatting.estimate_alpha_cf, laplacian_kwargs={"epsilon": cf_epsilon}, **extra
+            pymatting.estimate_alpha_cf, laplacian_kwargs={"epsilon": cf_epsilon}
         )
     else:
         solver = {"knn": pymatting.estimate_alpha_knn, "lkm": pymatting.estimate_alpha_lkm}[method]
