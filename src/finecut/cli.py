@@ -123,8 +123,9 @@ def _refine_one(
 
 def _cmd_refine(args) -> int:
     from finecut.data.io import list_images, pair_by_stem
-    from finecut.refine import Refiner
 
+    # the checks of the paths come before importing the refiner (torch: seconds), so a wrong
+    # path is reported at once
     if not args.image.exists():
         raise ImageError(f"{str(args.image)!r} not found")
     if not args.mask.exists():
@@ -139,6 +140,8 @@ def _cmd_refine(args) -> int:
             raise ImageError(
                 f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)"
             )
+        from finecut.refine import Refiner
+
         refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
         _refine_one(refiner, args.image, args.mask, args.output, args.overlay, args)
         log.info("wrote %s", args.output)
@@ -167,6 +170,8 @@ def _cmd_refine(args) -> int:
         log.info("%d outputs already exist and are kept (pass --overwrite to redo them)", skipped)
     if not todo:
         return 0
+    from finecut.refine import Refiner
+
     refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
     failures: list[tuple[str, str]] = []
     from tqdm import tqdm
