@@ -25,15 +25,19 @@ def test_parser_does_not_import_torch():
     assert out == "False"
 
 
-def test_missing_image_is_reported_before_torch_loads(tmp_path):
+@pytest.mark.parametrize("command", ["refine", "segment"])
+def test_missing_image_is_reported_before_torch_loads(tmp_path, command):
+    argv = [command, str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "out.png")]
+    if command == "refine":
+        argv += ["--mask", str(tmp_path / "m.png")]
     out = _run(
         "import sys\n"
         "from finecut.cli import main\n"
-        f"rc = main(['refine', r'{tmp_path / 'missing.jpg'}', '--mask', r'{tmp_path / 'm.png'}',"
-        f" '-o', r'{tmp_path / 'out.png'}'])\n"
+        f"rc = main({argv!r})\n"
         "print(rc, 'torch' in sys.modules)"
     )
     assert out == "2 False"
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_segment_package_loads_its_names_on_use():

@@ -147,9 +147,10 @@ def _add_segment(sub) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from finecut.data.io import read_image, write_image, write_mask
+
+    image = read_image(args.image)  # a bad image is reported before torch loads (seconds)
     from finecut.segment.predict import load_segmenter, overlay, segment_image
 
-    image = read_image(args.image)
     model = load_segmenter(args.weights, device=args.device)
     labels = segment_image(model, image, max_side=args.max_side)
     out = write_mask(args.output, labels, protect=[args.image])
