@@ -45,6 +45,7 @@ def test_segment_package_loads_its_names_on_use():
     from finecut.segment.predict import segment_image
 
     assert segment.segment_image is segment_image
-    assert sorted(segment.__all__) == segment.__all__
+    for name in segment.__all__:  # every advertised name resolves
+        assert getattr(segment, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = segment.nope

@@ -121,11 +121,17 @@ def _refine_one(
         write_image(overlay, overlay_mask(image, alpha), overwrite=args.overwrite, protect=protect)
 
 
+def _refiner(args):
+    # imported here, after _cmd_refine's checks of the paths: the refiner loads torch (seconds),
+    # and a wrong path should be reported at once
+    from finecut.refine import Refiner
+
+    return Refiner(args.device, weights=args.weights, threads=args.threads)
+
+
 def _cmd_refine(args) -> int:
     from finecut.data.io import list_images, pair_by_stem
 
-    # the checks of the paths come before importing the refiner (torch: seconds), so a wrong
-    # path is reported at once
     if not args.image.exists():
         raise ImageError(f"{str(args.image)!r} not found")
     if not args.mask.exists():
@@ -140,10 +146,7 @@ def _cmd_refine(args) -> int:
             raise ImageError(
                 f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)"
             )
-        from finecut.refine import Refiner
-
-        refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
-        _refine_one(refiner, args.image, args.mask, args.output, args.overlay, args)
+        _refine_one(_refiner(args), args.image, args.mask, args.output, args.overlay, args)
         log.info("wrote %s", args.output)
         return 0
 
@@ -170,9 +173,7 @@ def _cmd_refine(args) -> int:
         log.info("%d outputs already exist and are kept (pass --overwrite to redo them)", skipped)
     if not todo:
         return 0
-    from finecut.refine import Refiner
-
-    refiner = Refiner(args.device, weights=args.weights, threads=args.threads)
+    refiner = _refiner(args)
     failures: list[tuple[str, str]] = []
     from tqdm import tqdm
 
