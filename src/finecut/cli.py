@@ -432,7 +432,16 @@ def _add_train(sub) -> None:
         description="Train the CRM refiner. Resumes from OUT/last.pt if present. "
         "Multi-GPU: torchrun --nproc_per_node N -m finecut train refine ...",
     )
-    r.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    r.add_argument("--data", type=Path, default=None, help="folder with images/ and masks/")
+    r.add_argument(
+        "--mix",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="training sources instead of --data: a YAML file with 'sources' (kind, path, weight, "
+        "stems, exclude), trained at many scales with every coarse-mask family "
+        "(e.g. configs/refine/mix.yaml)",
+    )
     r.add_argument("--out", type=Path, default=Path("runs/refine"), help="run folder")
     r.add_argument(
         "--stems",
@@ -488,19 +497,53 @@ def _add_train(sub) -> None:
     add_train_parser(tsub)
 
 
+def _read_mix(path: Path):
+    """``--mix`` YAML -> (RefineSource tuple, {epoch_size, max_scale}); unknown keys refused."""
+    import dataclasses
+
+    import yaml
+
+    from finecut.errors import ConfigError
+    from finecut.train.refine_data import RefineSource
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        why = " ".join(str(exc).split())
+        raise ConfigError(f"cannot read --mix {str(path)!r}: {why}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
+        raise ConfigError(f"--mix {str(path)!r} must be a mapping with a 'sources' list")
+    unknown = set(data) - {"sources", "epoch_size", "max_scale"}
+    if unknown:
+        raise ConfigError(f"--mix {str(path)!r}: unknown keys {sorted(unknown)}")
+    names = {f.name for f in dataclasses.fields(RefineSource)}
+    sources = []
+    for entry in data["sources"]:
+        if not isinstance(entry, dict) or set(entry) - names:
+            raise ConfigError(f"--mix {str(path)!r}: bad source {entry!r} (keys: {sorted(names)})")
+        sources.append(RefineSource(**entry))
+    return tuple(sources), {k: data[k] for k in ("epoch_size", "max_scale") if k in data}
+
+
 def _cmd_train_refine(args) -> int:
     from dataclasses import replace
 
+    from finecut.errors import ConfigError
     from finecut.models.crm import CRMConfig
     from finecut.train.refine import RefineTrainConfig, train_refine
 
+    if (args.data is None) == (args.mix is None):
+        raise ConfigError("give either --data or --mix")
+    sources, mix_opts = _read_mix(args.mix) if args.mix else ((), {})
     model = CRMConfig()
     if args.latent_channels:
         model = replace(model, latent_channels=args.latent_channels)
     cfg = RefineTrainConfig(
-        data=str(args.data),
+        data=str(args.data) if args.data else None,
         out=str(args.out),
         stems=tuple(args.stems) if args.stems else None,
+        sources=sources,
+        **mix_opts,
         model=model,
         iters=args.iters,
         batch_size=args.batch_size,

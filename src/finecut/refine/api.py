@@ -20,7 +20,7 @@ import torch
 from finecut.errors import ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
 from finecut.models.fold import fold_batchnorm
-from finecut.refine.inference import InferenceConfig, refine_probability
+from finecut.refine.inference import InferenceConfig, gate_changes, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
 from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
 
@@ -201,18 +201,25 @@ class Refiner:
             log.info("object smaller than %d px: copied through", cfg.min_object)
             prob = coarse.astype(np.float32)
         else:
-            prob = refine_probability(
-                self._net, rgb, coarse, cfg, device=self.device, progress=progress
-            )
-            if cfg.snap:
-                h, w = coarse.shape
-                band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
-                prob = snap_to_edges(
-                    rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes
-                )
+            prob = self._refine_stages(rgb, coarse, cfg, progress)[-1]
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
+
+
+    def _refine_stages(
+        self, rgb: np.ndarray, coarse: np.ndarray, cfg: InferenceConfig, progress=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(CRM probability, final probability): the final one gated and snapped per ``cfg``."""
+        crm = refine_probability(self._net, rgb, coarse, cfg, device=self.device, progress=progress)
+        prob = crm
+        h, w = coarse.shape
+        if cfg.keep_reach > 0 or cfg.keep_confidence > 0:
+            prob = gate_changes(crm, coarse, cfg.keep_reach * (h + w), cfg.keep_confidence)
+        if cfg.snap:
+            band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
+            prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
+        return crm, prob
 
 
 def refine(

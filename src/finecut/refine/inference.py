@@ -38,7 +38,7 @@ from finecut.models.crm import CRM
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceConfig", "refine_probability"]
+__all__ = ["InferenceConfig", "gate_changes", "refine_probability"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class InferenceConfig:
             ECSSD at 4x, 1600x1200, a 16 px band gave 0.6 mBA more at twice the cost).
         snap_epsilon: matting regulariser of the snapping (see ``finecut.refine.snap``).
         snap_passes: snapping passes in bands halving to 1 px (``finecut.refine.snap.SNAP_PASSES``).
+        keep_reach: do-no-harm gate (:func:`gate_changes`): the CRM may change the input only
+            within this distance of the input's boundary, as a fraction of H + W (0: no bound).
+        keep_confidence: do-no-harm gate: a pixel the CRM moves to the other side of 0.5 keeps
+            its input value unless ``|p - 0.5|`` is at least this (0: every change is kept).
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -93,6 +97,8 @@ class InferenceConfig:
     snap_max_band: int = 8
     snap_epsilon: float = 1e-3
     snap_passes: int = 3
+    keep_reach: float = 0.0
+    keep_confidence: float = 0.0
 
 
 def _to_tensor(image: np.ndarray, mask: np.ndarray, device: torch.device):
@@ -337,3 +343,29 @@ def refine_probability(
         if progress is not None:
             progress(f"scale {s:g}")
     return prob
+
+
+def gate_changes(
+    prob: np.ndarray, coarse: np.ndarray, reach: float, confidence: float
+) -> np.ndarray:
+    """Keep the input where the refiner's change cannot be trusted (do no harm).
+
+    A pixel whose side of 0.5 the refiner changed keeps the input's value (0 or 1) when it lies
+    farther than ``reach`` px from the input's boundary (``reach`` <= 0: no bound), or when the
+    refiner is unsure of it, ``|prob - 0.5| < confidence``. Unchanged pixels keep ``prob``.
+
+    Shape:
+        prob: (H, W) float in [0, 1]; coarse: (H, W) bool -> (H, W) float32.
+    """
+    changed = (prob > 0.5) != coarse
+    if not changed.any():
+        return prob.astype(np.float32, copy=False)
+    revert = np.zeros_like(changed)
+    if confidence > 0:
+        revert |= changed & (np.abs(prob - 0.5) < confidence)
+    if reach > 0:
+        near = _band_mask(coarse.astype(np.float32), math.ceil(reach), 0.0)
+        revert |= changed & ~near
+    if not revert.any():
+        return prob.astype(np.float32, copy=False)
+    return np.where(revert, coarse.astype(np.float32), prob).astype(np.float32)

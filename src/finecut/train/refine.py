@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from finecut.data.folders import find_pairs
+from finecut.errors import ConfigError
 from finecut.models.crm import CRM, CRMConfig, CRMLossWeights, crm_loss
 from finecut.refine.perturb import PerturbConfig
 from finecut.train.common import (
@@ -30,7 +31,7 @@ from finecut.train.common import (
     save_checkpoint,
     start_training_process,
 )
-from finecut.train.refine_data import MaskPairDataset
+from finecut.train.refine_data import MaskPairDataset, MixedRefineDataset, RefineSource
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ __all__ = ["RefineTrainConfig", "train_refine"]
 
 @dataclass(frozen=True)
 class RefineTrainConfig:
-    data: str
+    data: str | None = None
     out: str = "runs/refine"
     stems: tuple[str, ...] | None = None
     model: CRMConfig = field(default_factory=CRMConfig)
@@ -66,10 +67,18 @@ class RefineTrainConfig:
     # its manifest, or a checkpoint): the model only, with a fresh optimizer and lr schedule.
     # The run's model config is then the weights' own. Ignored when resuming from last.pt.
     init: str | None = None
+    # several sources at many scales with every coarse-mask family (MixedRefineDataset); when
+    # given, ``data`` and ``stems`` are not used
+    sources: tuple[RefineSource, ...] = ()
+    epoch_size: int = 4000
+    max_scale: float = 6.0
 
 
 def _make_loader(
-    dataset: MaskPairDataset, cfg: RefineTrainConfig, info, device: torch.device
+    dataset: MaskPairDataset | MixedRefineDataset,
+    cfg: RefineTrainConfig,
+    info,
+    device: torch.device,
 ) -> DataLoader:
     per_rank = max(1, cfg.batch_size // info.world_size)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -91,7 +100,7 @@ def _make_loader(
     )
 
 
-def _batches(loader: DataLoader, dataset: MaskPairDataset, start_epoch: int):
+def _batches(loader: DataLoader, dataset, start_epoch: int):
     epoch = start_epoch
     while True:
         dataset.set_epoch(epoch)
@@ -108,8 +117,20 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + info.rank)
 
-    pairs = find_pairs(Path(cfg.data), list(cfg.stems) if cfg.stems else None)
-    dataset = MaskPairDataset(pairs, crop=cfg.crop, perturb=PerturbConfig(), seed=cfg.seed)
+    dataset: MaskPairDataset | MixedRefineDataset
+    if cfg.sources:
+        dataset = MixedRefineDataset(
+            cfg.sources,
+            crop=cfg.crop,
+            epoch_size=cfg.epoch_size,
+            max_scale=cfg.max_scale,
+            seed=cfg.seed,
+        )
+    else:
+        if cfg.data is None:
+            raise ConfigError("give a data folder or training sources")
+        pairs = find_pairs(Path(cfg.data), list(cfg.stems) if cfg.stems else None)
+        dataset = MaskPairDataset(pairs, crop=cfg.crop, perturb=PerturbConfig(), seed=cfg.seed)
     loader = _make_loader(dataset, cfg, info, device)
 
     last = out / "last.pt"

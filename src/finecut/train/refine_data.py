@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -9,10 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from finecut.data.folders import find_pairs
 from finecut.data.io import read_image, read_mask
+from finecut.errors import ConfigError
 from finecut.refine.perturb import PerturbConfig, perturb_mask
 
-__all__ = ["MaskPairDataset"]
+__all__ = ["MaskPairDataset", "MixedRefineDataset", "RefineSource"]
 
 
 class MaskPairDataset(Dataset):
@@ -86,4 +91,231 @@ class MaskPairDataset(Dataset):
             to_t(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) / 255.0),
             to_t(coarse.astype(np.float32)[None]),
             to_t(gt.astype(np.float32)[None]),
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Many sources, many scales, many kinds of coarse mask (issue 13)
+# ------------------------------------------------------------------------------------------------
+
+#: CamVid classes whose connected components are objects with thin parts (poles, signs, cars,
+#: pedestrians, cyclists); see ``../shared/data/README.md`` for the class ids
+CAMVID_OBJECT_CLASSES = (2, 6, 8, 9, 10)
+
+
+@dataclass(frozen=True)
+class RefineSource:
+    """One training source of :class:`MixedRefineDataset`.
+
+    Attributes:
+        kind: ``"masks"`` (a folder with ``images/`` and ``masks/``, 8-bit masks whose grey
+            levels are soft targets, e.g. DUTS-TR or ECSSD) or ``"camvid"`` (CamVid's layout;
+            each connected component of an object class, of at least ``min_area`` px, is one
+            binary target).
+        path: the folder.
+        weight: share of the items drawn from this source (normalised over the sources).
+        stems: which stems (``"1-800"``, ``"a,b"``, ``"@file"``), or None for all.
+        exclude: a file of stems to leave out (a held-out selection set).
+        split: CamVid split.
+        min_area: smallest CamVid component, px.
+    """
+
+    kind: str
+    path: str
+    weight: float = 1.0
+    stems: str | None = None
+    exclude: str | None = None
+    split: str = "train"
+    min_area: int = 150
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("masks", "camvid"):
+            raise ConfigError(f"source kind must be 'masks' or 'camvid', got {self.kind!r}")
+        if not self.weight > 0:
+            raise ConfigError(f"source weight must be > 0, got {self.weight}")
+
+
+def _stem_list(text: str) -> list[str]:
+    if text.startswith("@"):
+        return [s.strip() for s in Path(text[1:]).read_text().splitlines() if s.strip()]
+    if "-" in text and "," not in text:
+        lo, hi = text.split("-", 1)
+        if lo.isdigit() and hi.isdigit():
+            width = max(len(lo), 4)
+            return [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+    return [s for s in text.split(",") if s]
+
+
+def _camvid_objects(root: Path, split: str, min_area: int) -> list[tuple[Path, Path, int, int]]:
+    """(image, label, class, component index) of every CamVid object component."""
+    stems = (root / f"{split}.txt").read_text().split()
+    out = []
+    for stem in stems:
+        label_path = root / split / "labels" / f"{stem}.png"
+        labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+        for cls in CAMVID_OBJECT_CLASSES:
+            _, stats = _components(labels == cls)
+            for k in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_area):
+                out.append((root / split / "images" / f"{stem}.jpg", label_path, cls, int(k)))
+    return out
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return comp, stats[1:n]
+
+
+def _scaled_region(
+    image: np.ndarray, gt: np.ndarray, scale: float, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``box`` (y0, y1, x0, x1, in the image resized by ``scale``) of the resized image and gt.
+
+    Upscaling resamples only the box (bicubic for the photo, as photo editors upsample; linear
+    for the soft target); downscaling resizes the whole (small) image with area averaging.
+    """
+    y0, y1, x0, x1 = box
+    if scale <= 1.0:
+        h, w = gt.shape
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        g = cv2.resize(gt, size, interpolation=cv2.INTER_AREA)
+        return img[y0:y1, x0:x1], g[y0:y1, x0:x1]
+    inv = 1.0 / scale
+    # output pixel (u, v) of the box samples the source at ((x0 + u + 0.5) / s - 0.5, ...)
+    m = np.array([[inv, 0, (x0 + 0.5) * inv - 0.5], [0, inv, (y0 + 0.5) * inv - 0.5]])
+    size = (x1 - x0, y1 - y0)
+    flags = cv2.WARP_INVERSE_MAP
+    img = cv2.warpAffine(image, m, size, flags=flags | cv2.INTER_CUBIC,
+                         borderMode=cv2.BORDER_REFLECT)
+    g = cv2.warpAffine(gt, m, size, flags=flags | cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return img, np.clip(g, 0.0, 1.0)
+
+
+class MixedRefineDataset(Dataset):
+    """Training crops from several sources, at scales from half to ``max_scale`` times the
+    source's size, with coarse masks of every family of :mod:`finecut.train.coarse`.
+
+    Each item: a source drawn by weight, an image of it, a scale (with probability
+    ``p_upscale`` log-uniform in [1.5, ``max_scale``], otherwise uniform in [0.5, 1.5]; never so
+    small that the image is smaller than the crop), a crop centred near the object's boundary
+    (with probability ``p_boundary``) in the resized image, a coarse mask drawn by
+    :func:`finecut.train.coarse.sample_coarse` on the crop and a margin around it (its errors
+    scale with the upsampling), then blur and JPEG compression of the photo (the artefacts of
+    upsampled and compressed photos). Targets keep the sources' soft edges.
+
+    Deterministic given (seed, epoch, index); :meth:`set_epoch` draws new items. ``len`` is
+    ``epoch_size`` (the sources are sampled, not enumerated).
+
+    Returns:
+        image (3, S, S) float in [0, 1], coarse (1, S, S) float {0, 1}, gt (1, S, S) float [0, 1].
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[RefineSource],
+        *,
+        crop: int = 192,
+        epoch_size: int = 4000,
+        max_scale: float = 6.0,
+        p_upscale: float = 0.6,
+        p_boundary: float = 0.85,
+        margin: int = 48,
+        p_blur: float = 0.25,
+        p_jpeg: float = 0.4,
+        seed: int = 0,
+    ) -> None:
+        if not sources:
+            raise ConfigError("no training sources given")
+        self.crop, self.epoch_size, self.max_scale = crop, epoch_size, max_scale
+        self.p_upscale, self.p_boundary, self.margin = p_upscale, p_boundary, margin
+        self.p_blur, self.p_jpeg = p_blur, p_jpeg
+        self.seed, self.epoch = seed, 0
+        self.items: list[list] = []
+        for src in sources:
+            root = Path(src.path)
+            if src.kind == "camvid":
+                items = _camvid_objects(root, src.split, src.min_area)
+            else:
+                stems = _stem_list(src.stems) if src.stems else None
+                pairs = find_pairs(root, stems)
+                if src.exclude:
+                    drop = set(_stem_list("@" + src.exclude))
+                    pairs = [p for p in pairs if p[0].stem not in drop]
+                items = pairs
+            if not items:
+                raise ConfigError(f"source {src.path!r} has no items")
+            self.items.append(items)
+        w = np.array([s.weight for s in sources], dtype=np.float64)
+        self.weights = w / w.sum()
+        self.kinds = [s.kind for s in sources]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def _load(self, source: int, item) -> tuple[np.ndarray, np.ndarray]:
+        if self.kinds[source] == "camvid":
+            img_path, label_path, cls, k = item
+            labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+            comp, _ = _components(labels == cls)
+            return read_image(img_path), (comp == k + 1).astype(np.float32)
+        img_path, mask_path = item
+        image = read_image(img_path)
+        mask = read_mask(mask_path, shape=image.shape[:2], image_path=img_path)
+        return image, mask.astype(np.float32) / 255.0
+
+    def __getitem__(self, index: int):
+        from finecut.train.coarse import sample_coarse
+
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        source = int(rng.choice(len(self.items), p=self.weights))
+        items = self.items[source]
+        image, gt = self._load(source, items[int(rng.integers(len(items)))])
+        s_crop, h, w = self.crop, *gt.shape
+        if rng.random() < self.p_upscale:
+            scale = math.exp(rng.uniform(math.log(1.5), math.log(self.max_scale)))
+        else:
+            scale = rng.uniform(0.5, 1.5)
+        scale = max(scale, s_crop / min(h, w))
+        hs, ws = max(s_crop, round(h * scale)), max(s_crop, round(w * scale))
+        # the crop's centre: near the boundary, or anywhere
+        edge = cv2.morphologyEx((gt > 0.5).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3)))
+        ys, xs = np.nonzero(edge)
+        if len(ys) and rng.random() < self.p_boundary:
+            k = int(rng.integers(len(ys)))
+            jitter = rng.uniform(-0.35, 0.35, size=2) * s_crop
+            cy, cx = (ys[k] + 0.5) * scale + jitter[0], (xs[k] + 0.5) * scale + jitter[1]
+        else:
+            cy, cx = rng.uniform(0, hs), rng.uniform(0, ws)
+        y = int(np.clip(round(cy - s_crop / 2), 0, hs - s_crop))
+        x = int(np.clip(round(cx - s_crop / 2), 0, ws - s_crop))
+        m = self.margin
+        box = (max(0, y - m), min(hs, y + s_crop + m), max(0, x - m), min(ws, x + s_crop + m))
+        img, g = _scaled_region(image, gt, scale, box)
+        cut = np.s_[y - box[0] : y - box[0] + s_crop, x - box[2] : x - box[2] + s_crop]
+        coarse, _ = sample_coarse(g > 0.5, rng, scale=max(scale, 0.5))
+        if (g[cut] > 0.5).any() and not coarse[cut].any():
+            # the family lost the whole object in this crop (a thin pole under a coarse
+            # segmenter): no refiner can find it from nothing, and learning to try paints
+            # objects where the input has none; use a near-perfect mask instead
+            coarse, _ = sample_coarse(g > 0.5, rng, scale=max(scale, 0.5), family="sam")
+        img, g, coarse = img[cut], g[cut], coarse[cut]
+        if rng.random() < 0.5:
+            img, g, coarse = img[:, ::-1], g[:, ::-1], coarse[:, ::-1]
+        img = np.ascontiguousarray(img)
+        if rng.random() < self.p_blur:
+            sigma = rng.uniform(0.3, 1.2)
+            img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
+        if rng.random() < self.p_jpeg:
+            quality = int(rng.integers(30, 96))
+            ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        to_t = torch.from_numpy
+        return (
+            to_t(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) / 255.0),
+            to_t(np.ascontiguousarray(coarse, dtype=np.float32)[None]),
+            to_t(np.ascontiguousarray(g, dtype=np.float32)[None]),
         )
