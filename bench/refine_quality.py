@@ -1,21 +1,22 @@
-"""Refinement quality against baselines in one run: ECSSD 801-1000 (never trained on).
+"""Refinement quality per kind of coarse mask and scale, against the non-learned baselines.
 
-    .venv/bin/python bench/refine_quality.py                              # native resolution
-    .venv/bin/python bench/refine_quality.py --upscale 4 --stems 801-850  # 4x Lanczos upsampled
+    # DAVIS (never trained on, never used to pick settings), native, 2x and 4x, every family:
+    .venv/bin/python bench/refine_quality.py --data ../shared/data/davis --scales 1,2,4
+    # a subset (every 5th frame) and two families:
+    .venv/bin/python bench/refine_quality.py --every 5 --families lowres,sam
+    # the do-no-harm gate's settings are chosen on training-side images (DUTS-TR hold-out):
+    .venv/bin/python bench/refine_quality.py --data ../data/duts \\
+        --stems @configs/refine/duts_holdout.txt --methods snap,crm,finecut:keep_reach=0.01
 
-Coarse masks are synthesised from the ground truth with a fixed seed per image
-(``finecut.refine.evaluate.synth_coarse``: CRM/CascadePSP boundary perturbation to a target IoU in
-U(0.8, 1.0) plus segmenter-like degradations), so every method sees the same inputs. Methods:
-
-* ``guided``: a guided filter of the coarse mask by the image, thresholded (He et al.).
-* ``matting``: closed-form matting (pymatting) on a trimap made by eroding/dilating the coarse mask.
-* ``finecut-full``: the embedded CRM model queried at every pixel (CRM's own inference).
-* ``finecut-nosnap``: the same model with finecut's band inference, no edge snapping.
-* ``finecut``: band inference + edge snapping (``finecut.refine.snap``), the default.
+Coarse masks are made at each image's native size by ``finecut.train.coarse.sample_coarse`` with
+a fixed seed per (family, image), then upsampled with the photo (``upsample_case``: Lanczos photo,
+ground truth blurred by 0.7 px, bicubic, thresholded), so every method sees the same inputs.
+Methods: ``guided`` (a guided filter of the coarse mask, He et al.), ``snap`` (finecut's edge
+snapping of the coarse mask alone, no CRM), ``crm`` (the CRM alone), ``finecut`` (the default
+pipeline; ``finecut:key=value`` overrides an ``InferenceConfig`` field for that row).
 
 IoU is dataset-level (sum of intersections over sum of unions); mBA is CascadePSP's, averaged over
-images. Dense CRF was the other candidate baseline: no maintained wheel installs for Python 3.11
-(pydensecrf, pydensecrf2 and SimpleCRF are source-only and do not build here).
+images; "harmed" is the share of images whose IoU falls more than 1 point below the coarse input's.
 """
 
 from __future__ import annotations
@@ -24,49 +25,65 @@ import argparse
 import os
 import platform
 import time
+import zlib
 
-ROOT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ecssd")
+ROOT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "davis")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.path.normpath(ROOT_DATA))
-    p.add_argument("--stems", default="801-1000")
-    p.add_argument("--methods", default="guided,matting,finecut-full,finecut-nosnap,finecut")
-    p.add_argument("--upscale", type=float, default=1.0)
+    p.add_argument("--stems", default=None, help="'1-800', 'a,b' or '@file' (default: all)")
+    p.add_argument("--every", type=int, default=1, help="take every Nth image of the stems")
+    p.add_argument("--families", default="all")
+    p.add_argument("--scales", default="1,2,4")
+    p.add_argument("--methods", default="guided,snap,crm,finecut")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None)
     args = p.parse_args()
     if not os.path.isdir(args.data):
-        raise SystemExit(f"ECSSD not found at {args.data}")
+        raise SystemExit(f"no data at {args.data}")
 
+    import numpy as np
     import torch
 
     from finecut.cli import _stems_arg
-    from finecut.refine.evaluate import evaluate_refine, format_table
+    from finecut.data.folders import find_pairs
+    from finecut.refine.evaluate import evaluate_families, format_family_table
+    from finecut.train.coarse import FAMILIES, sample_coarse
 
     torch.set_num_threads(args.threads)
+    families = FAMILIES if args.families == "all" else tuple(args.families.split(","))
+    stems = _stems_arg(args.stems) if args.stems else [a.stem for a, _ in find_pairs(args.data)]
+    stems = stems[:: args.every]
+
+    def coarse_fn(gt, stem: str, family: str):
+        key = int(stem) if stem.isdigit() else zlib.crc32(stem.encode())
+        rng = np.random.default_rng([args.seed, FAMILIES.index(family), key])
+        return sample_coarse(gt, rng, family=family)[0]
+
     t0 = time.perf_counter()
-    rows = evaluate_refine(
+    results = evaluate_families(
         args.data,
+        coarse_fn,
+        families=families,
+        scales=[float(s) for s in args.scales.split(",")],
         methods=args.methods.split(","),
-        stems=_stems_arg(args.stems),
-        seed=args.seed,
-        upscale=args.upscale,
+        stems=stems,
         device=args.device,
         weights=args.weights,
         threads=args.threads,
         progress=True,
     )
     print(
-        f"ECSSD {args.stems}, upscale {args.upscale:g}x (Lanczos), seed {args.seed}; "
-        f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}, "
-        f"device {args.device}; total {time.perf_counter() - t0:.0f} s"
+        f"{args.data}: {len(stems)} images (every {args.every}), seed {args.seed}, weights "
+        f"{args.weights or 'embedded'}; {platform.machine()}, {os.cpu_count()} CPUs visible, torch "
+        f"threads {args.threads}, device {args.device}; total {time.perf_counter() - t0:.0f} s"
     )
     print()
-    print(format_table(rows))
+    print(format_family_table(results))
 
 
 if __name__ == "__main__":

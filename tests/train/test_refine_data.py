@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from finecut.data.folders import find_pairs
@@ -48,3 +49,65 @@ def test_items_are_deterministic_given_seed_epoch_index(tmp_path: Path) -> None:
     image, coarse, gt = a[0]
     assert image.shape == (3, 64, 64) and coarse.shape == gt.shape == (1, 64, 64)
     assert set(np.unique(gt.numpy())) <= {0.0, 1.0}
+
+
+def _tiny_camvid(root: Path, n: int = 2, h: int = 72, w: int = 96) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train",):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir(parents=True)
+        stems = [f"f{i}" for i in range(n)]
+        (root / f"{split}.txt").write_text("\n".join(stems))
+        for stem in stems:
+            labels = np.zeros((h, w), np.uint8)
+            labels[10:60, 20:23] = 2  # a pole
+            labels[40:65, 50:90] = 8  # a car
+            Image.fromarray(labels).save(root / split / "labels" / f"{stem}.png")
+            img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / split / "images" / f"{stem}.jpg")
+    return root
+
+
+def test_mixed_dataset_is_deterministic_and_keeps_soft_targets(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from finecut.train.refine_data import MixedRefineDataset, RefineSource
+
+    root = _tiny_folder(tmp_path / "data", n=3)
+    # a soft edge, as DUTS-TR masks have
+    soft = np.array(Image.open(root / "masks" / "0000.png")).astype(np.float32)
+    soft = (np.clip(soft, 0, 255) * 0.5 + 60).astype(np.uint8)
+    soft[soft == 60] = 0
+    Image.fromarray(soft).save(root / "masks" / "0000.png")
+    camvid = _tiny_camvid(tmp_path / "camvid")
+    sources = [RefineSource("masks", str(root), 0.5), RefineSource("camvid", str(camvid), 0.5)]
+    a = MixedRefineDataset(sources, crop=64, epoch_size=12, seed=0)
+    b = MixedRefineDataset(sources, crop=64, epoch_size=12, seed=0)
+    assert len(a) == 12 and len(a.items[1]) == 4  # two components in each of two frames
+    values = set()
+    for i in range(12):
+        for x, y in zip(a[i], b[i], strict=True):
+            assert torch.equal(x, y)
+        image, coarse, gt = a[i]
+        assert image.shape == (3, 64, 64) and coarse.shape == gt.shape == (1, 64, 64)
+        assert set(np.unique(coarse.numpy())) <= {0.0, 1.0}
+        assert 0 <= gt.min() and gt.max() <= 1
+        values |= set(np.unique(gt.numpy()).round(3))
+    assert len(values) > 2  # soft targets stay soft
+    b.set_epoch(1)
+    assert not torch.equal(a[0][0], b[0][0])
+
+
+def test_mix_yaml_rejects_unknown_keys(tmp_path: Path) -> None:
+    from finecut.cli import _read_mix
+    from finecut.errors import ConfigError
+
+    path = tmp_path / "mix.yaml"
+    path.write_text("sources:\n  - {kind: masks, path: x, wieght: 1}\n")
+    with pytest.raises(ConfigError, match="bad source"):
+        _read_mix(path)
+    path.write_text("sources: []\nepochs: 3\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        _read_mix(path)

@@ -212,6 +212,12 @@ class Refiner:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(CRM probability, final probability): the final one gated and snapped per ``cfg``."""
         crm = refine_probability(self._net, rgb, coarse, cfg, device=self.device, progress=progress)
+        return crm, self._finish(rgb, coarse, crm, cfg)
+
+    def _finish(
+        self, rgb: np.ndarray, coarse: np.ndarray, crm: np.ndarray, cfg: InferenceConfig
+    ) -> np.ndarray:
+        """The do-no-harm gate and edge snapping applied to a CRM probability, per ``cfg``."""
         prob = crm
         h, w = coarse.shape
         if cfg.keep_reach > 0 or cfg.keep_confidence > 0:
@@ -219,7 +225,7 @@ class Refiner:
         if cfg.snap:
             band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
             prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
-        return crm, prob
+        return prob
 
 
 def refine(

@@ -26,7 +26,18 @@ from finecut.metrics import iou_counts, mba
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "MethodResult", "evaluate_refine", "format_table", "synth_coarse"]
+__all__ = [
+    "FAMILY_METHODS",
+    "METHODS",
+    "FamilyResult",
+    "MethodResult",
+    "evaluate_families",
+    "evaluate_refine",
+    "format_family_table",
+    "format_table",
+    "synth_coarse",
+    "upsample_case",
+]
 
 #: finecut: band inference + edge snapping (the default); finecut-nosnap: band inference alone;
 #: finecut-full: CRM's own inference (every pixel queried at every scale, no snapping).
@@ -156,4 +167,173 @@ def format_table(rows: Sequence[MethodResult]) -> str:
         lines.append(f"| {r.method} | {100 * r.iou:.2f} | {100 * r.mba:.2f} | {secs} |")
     n = len(rows[0].mba_values) if rows else 0
     lines.append(f"\n{n} images")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per coarse-mask family and scale, with the share of images made worse (issue 13)
+# ------------------------------------------------------------------------------------------------
+
+#: methods of :func:`evaluate_families`: ``snap`` is edge snapping of the coarse mask alone (no
+#: CRM), ``crm`` the CRM output alone, ``finecut`` the default pipeline; ``finecut:key=value...``
+#: overrides fields of :class:`~finecut.refine.inference.InferenceConfig` (e.g. the gate's
+#: ``keep_reach`` or ``keep_confidence``) for that row.
+FAMILY_METHODS = ("guided", "snap", "crm", "finecut")
+
+#: an image is harmed when its IoU falls more than this below the coarse input's
+HARM_MARGIN = 0.01
+
+
+@dataclass
+class FamilyResult(MethodResult):
+    """A :class:`MethodResult` with per-image IoU, for the harm share."""
+
+    iou_values: list[float] = field(default_factory=list)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, seconds: float = 0.0) -> None:
+        i, u = iou_counts(pred, gt)
+        super().add(pred, gt, seconds)
+        self.iou_values.append(float(i) / float(u) if u else 1.0)
+
+    def harm_share(self, coarse: FamilyResult) -> float:
+        """Share of images whose IoU is more than ``HARM_MARGIN`` below the coarse input's."""
+        a, b = np.asarray(self.iou_values), np.asarray(coarse.iou_values)
+        return float(np.mean(a < b - HARM_MARGIN)) if len(a) else float("nan")
+
+
+def _parse_method(spec: str):
+    from dataclasses import fields as dc_fields
+
+    from finecut.refine.inference import InferenceConfig
+
+    name, *opts = spec.split(":")
+    if name not in FAMILY_METHODS or (opts and name != "finecut"):
+        raise ConfigError(f"unknown method {spec!r}; choose from {', '.join(FAMILY_METHODS)}")
+    types = {f.name: f.type for f in dc_fields(InferenceConfig)}
+    overrides = {}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key not in types:
+            raise ConfigError(f"{spec!r}: {key!r} is not an InferenceConfig field")
+        overrides[key] = {"float": float, "int": int, "bool": lambda v: v == "1"}.get(
+            str(types[key]), float
+        )(value)
+    return name, overrides
+
+
+def upsample_case(
+    image: np.ndarray, gt: np.ndarray, coarse: np.ndarray, factor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The photo, ground truth and coarse mask at ``factor`` times their size.
+
+    The photo is upsampled with Lanczos; the ground truth is blurred by 0.7 px, upsampled
+    bicubically and thresholded at 0.5 (a smooth edge, not a staircase); the coarse mask,
+    made at the native size, is upsampled bilinearly and thresholded (its errors grow with the
+    photo, as those of a mask made on a smaller copy do).
+    """
+    if factor == 1:
+        return image, gt, coarse
+    h, w = gt.shape
+    size = (round(w * factor), round(h * factor))
+    img = cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
+    g = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 0.7)
+    g = cv2.resize(g, size, interpolation=cv2.INTER_CUBIC) >= 0.5
+    c = cv2.resize(coarse.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) >= 0.5
+    return img, g, c
+
+
+def evaluate_families(
+    data: Path,
+    coarse_fn: Callable[[np.ndarray, str, str], np.ndarray],
+    *,
+    families: Sequence[str],
+    scales: Sequence[float] = (1.0,),
+    methods: Sequence[str] = FAMILY_METHODS,
+    stems: Sequence[str] | None = None,
+    device=None,
+    weights=None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[tuple[float, str], list[FamilyResult]]:
+    """IoU, mBA and harm share per (scale, family): the coarse input first, then each method.
+
+    ``coarse_fn(gt, stem, family)`` makes the coarse mask of one image at its native size (a
+    deterministic function: every method sees the same input); it is upsampled with the photo
+    (:func:`upsample_case`). The CRM runs once per case; ``crm`` and every ``finecut`` row share
+    that run (their seconds include it).
+    """
+    from dataclasses import replace
+
+    from finecut.refine.api import Refiner
+    from finecut.refine.baselines import guided_filter_refine
+    from finecut.refine.snap import snap_band, snap_to_edges
+
+    parsed = [(m, *_parse_method(m)) for m in methods]
+    refiner = None
+    if any(name in ("crm", "finecut") for _, name, _ in parsed):
+        refiner = Refiner(device, weights=weights, threads=threads)
+    pairs = find_pairs(Path(data), list(stems) if stems else None)
+    out: dict[tuple[float, str], list[FamilyResult]] = {}
+    for s in scales:
+        for fam in families:
+            out[(s, fam)] = [FamilyResult("coarse"), *(FamilyResult(m) for m, _, _ in parsed)]
+    iterator = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, unit="img")
+    for img_path, gt_path in iterator:
+        image0 = read_image(img_path)
+        gt0 = read_mask(gt_path, shape=image0.shape[:2], image_path=img_path) > 127
+        for fam in families:
+            coarse0 = coarse_fn(gt0, img_path.stem, fam)
+            for s in scales:
+                image, gt, coarse = upsample_case(image0, gt0, coarse0, s)
+                rows = out[(s, fam)]
+                rows[0].add(coarse, gt)
+                crm, crm_secs = None, 0.0
+                for row, (_, name, overrides) in zip(rows[1:], parsed, strict=True):
+                    t0 = time.perf_counter()
+                    if name == "guided":
+                        pred = guided_filter_refine(image, coarse)
+                    elif name == "snap":
+                        cfg = refiner.config if refiner else None
+                        h, w = gt.shape
+                        band = snap_band(h, w, 0.006, 2, 8) if cfg is None else snap_band(
+                            h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band
+                        )
+                        pred = snap_to_edges(image, coarse.astype(np.float32), band, passes=3) > 0.5
+                    else:
+                        if crm is None:
+                            crm = refiner._refine_stages(
+                                image, coarse, replace(refiner.config, snap=False)
+                            )[0]
+                            crm_secs = time.perf_counter() - t0
+                            t0 = time.perf_counter()
+                        if name == "crm":
+                            pred = crm > 0.5
+                        else:
+                            cfg = replace(refiner.config, **overrides)
+                            pred = refiner._finish(image, coarse, crm, cfg) > 0.5
+                    row.add(pred, gt, time.perf_counter() - t0 + crm_secs)
+    return out
+
+
+def format_family_table(results: dict[tuple[float, str], list[FamilyResult]]) -> str:
+    """Markdown: one row per (scale, family, method) with IoU, mBA, harm share, seconds."""
+    lines = [
+        "| scale | family | method | IoU % | mBA % | harmed % | s / image |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for (s, fam), rows in results.items():
+        coarse = rows[0]
+        for r in rows:
+            harm = "-" if r is coarse else f"{100 * r.harm_share(coarse):.1f}"
+            secs = "-" if r is coarse else f"{r.seconds_per_image:.2f}"
+            lines.append(
+                f"| {s:g}x | {fam} | {r.method} | {100 * r.iou:.2f} | {100 * r.mba:.2f} | "
+                f"{harm} | {secs} |"
+            )
+    n = len(next(iter(results.values()))[0].mba_values) if results else 0
+    lines.append(f"\n{n} images per row")
     return "\n".join(lines)
