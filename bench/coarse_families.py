@@ -1,6 +1,7 @@
 """Picture of the coarse-mask families (finecut.train.coarse) on one photo, for docs/.
 
-    .venv/bin/python bench/coarse_families.py --stem 0042 --png docs/img/coarse_families.png
+    .venv/bin/python bench/coarse_families.py --stem 0042 --zoom 10,210,20,290 \
+        --png docs/img/coarse_families.png
 
 Each panel: the photo darkened outside the coarse mask, the ground-truth outline in green, the
 coarse mask's outline in red, and the family's IoU with the ground truth.
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--png", default="docs/img/coarse_families.png")
+    p.add_argument("--zoom", default=None, help="y0,y1,x0,x1: show only this part, 2x larger")
     args = p.parse_args()
 
     from finecut.data.io import read_image, read_mask, write_image
@@ -51,7 +53,17 @@ def main() -> None:
     for k, family in enumerate(FAMILIES):
         coarse, _ = sample_coarse(gt, np.random.default_rng([args.seed, k]), scale=args.scale,
                                   family=family)
-        panels.append(_panel(image, gt, coarse, f"{family}: IoU {100 * iou(coarse, gt):.1f}"))
+        title = f"{family}: IoU {100 * iou(coarse, gt):.1f}"
+        img, g, c = image, gt, coarse
+        if args.zoom:
+            y0, y1, x0, x1 = (int(v) for v in args.zoom.split(","))
+            img, g, c = (
+                cv2.resize(np.ascontiguousarray(a[y0:y1, x0:x1]).astype(np.uint8), None, fx=2, fy=2,
+                           interpolation=cv2.INTER_NEAREST)
+                for a in (image, gt, coarse)
+            )
+            g, c = g > 0, c > 0
+        panels.append(_panel(img, g, c, title))
     rows = [np.concatenate(panels[i : i + 3], axis=1) for i in range(0, len(panels), 3)]
     write_image(args.png, np.concatenate(rows, axis=0))
     print(f"wrote {args.png}")
