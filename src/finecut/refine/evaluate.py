@@ -215,9 +215,11 @@ def _parse_method(spec: str):
         key, _, value = opt.partition("=")
         if key not in types:
             raise ConfigError(f"{spec!r}: {key!r} is not an InferenceConfig field")
-        overrides[key] = {"float": float, "int": int, "bool": lambda v: v == "1"}.get(
-            str(types[key]), float
-        )(value)
+        kind = str(types[key])
+        if kind.startswith("tuple"):  # scales=0.25/0.5/1
+            overrides[key] = tuple(float(v) for v in value.split("/"))
+        else:
+            overrides[key] = {"int": int, "bool": lambda v: v == "1"}.get(kind, float)(value)
     return name, overrides
 
 
@@ -266,6 +268,7 @@ def evaluate_families(
 
     from finecut.refine.api import Refiner
     from finecut.refine.baselines import guided_filter_refine
+    from finecut.refine.inference import InferenceConfig
     from finecut.refine.snap import snap_band, snap_to_edges
 
     parsed = [(m, *_parse_method(m)) for m in methods]
@@ -291,31 +294,39 @@ def evaluate_families(
                 image, gt, coarse = upsample_case(image0, gt0, coarse0, s)
                 rows = out[(s, fam)]
                 rows[0].add(coarse, gt)
-                crm, crm_secs = None, 0.0
+                crms: dict[tuple, tuple[np.ndarray, float]] = {}
                 for row, (_, name, overrides) in zip(rows[1:], parsed, strict=True):
-                    t0 = time.perf_counter()
+                    t0, extra = time.perf_counter(), 0.0
                     if name == "guided":
                         pred = guided_filter_refine(image, coarse)
                     elif name == "snap":
-                        cfg = refiner.config if refiner else None
+                        # finecut's own snapping settings, on the coarse mask
                         h, w = gt.shape
-                        band = snap_band(h, w, 0.006, 2, 8) if cfg is None else snap_band(
-                            h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band
+                        sc = InferenceConfig()
+                        band = snap_band(h, w, sc.snap_fraction, sc.snap_min_band, sc.snap_max_band)
+                        prob = snap_to_edges(
+                            image, coarse.astype(np.float32), band, sc.snap_epsilon, sc.snap_passes
                         )
-                        pred = snap_to_edges(image, coarse.astype(np.float32), band, passes=3) > 0.5
+                        pred = prob > 0.5
                     else:
-                        if crm is None:
-                            crm = refiner._refine_stages(
-                                image, coarse, replace(refiner.config, snap=False)
-                            )[0]
-                            crm_secs = time.perf_counter() - t0
+                        # rows that differ only in the gate or the snapping share one CRM run
+                        cfg = replace(refiner.config, **overrides)
+                        key = tuple(
+                            sorted(
+                                (k, v) for k, v in overrides.items()
+                                if not k.startswith(("keep_", "snap"))
+                            )
+                        )
+                        if key not in crms:
+                            crm = refiner._refine_stages(image, coarse, replace(cfg, snap=False))[0]
+                            crms[key] = (crm, time.perf_counter() - t0)
                             t0 = time.perf_counter()
+                        crm, extra = crms[key]
                         if name == "crm":
                             pred = crm > 0.5
                         else:
-                            cfg = replace(refiner.config, **overrides)
                             pred = refiner._finish(image, coarse, crm, cfg) > 0.5
-                    row.add(pred, gt, time.perf_counter() - t0 + crm_secs)
+                    row.add(pred, gt, time.perf_counter() - t0 + extra)
     return out
 
 
