@@ -112,7 +112,7 @@ def _refine_alpha(
             done = scales.index(float(step.split()[-1])) + 1
         except (ValueError, IndexError):
             done = None
-        report(f"refining ({step})", done / (len(scales) + 1) if done else None)
+        report(f"CRM at {step}", done / (len(scales) + 1) if done else None)
 
     prob = refiner.refine(image, coarse, soft=True, snap=snap, progress=progress)
     return np.round(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8), None
@@ -178,7 +178,7 @@ def grabcut_job(
             strokes[key] = decode_mask(
                 upload.data, name=upload.filename or key, max_pixels=max_pixels
             )
-    report("GrabCut" if method == "grabcut" else "painting the mask", None)
+    report("running GrabCut" if method == "grabcut" else "painting the mask", None)
     mask = coarse_mask_from_hints(image, box=box_px, method=method, **strokes)
     return Result(png_bytes(mask), "image/png", f"{_stem(image_upload)}_coarse.png", (w, h))
 

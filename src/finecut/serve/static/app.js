@@ -429,7 +429,7 @@ async function roughMask() {
     if (bgBlob) form.append("bg", bgBlob, "bg.png");
     form.append("method", method);
     return form;
-  }, "cut", method === "grabcut" ? "Finding the object (GrabCut)" : "Painting the mask");
+  }, "cut", method === "grabcut" ? "Finding the object" : "Making the rough mask");
   state.coarseBitmap = await createImageBitmap(answer.blob);
   renderMarks();
   return answer.blob;
