@@ -45,20 +45,25 @@ def url_of(sock: socket.socket) -> str:
 def run(config: ServeConfig) -> None:
     """Serve ``config`` until interrupted (Ctrl-C: KeyboardInterrupt after a clean shutdown).
 
-    The refiner is loaded first (unless ``config.preload`` is False), then the socket is bound
-    and its address printed on stdout, so a caller may wait for that line.
+    The socket is bound first (a port in use fails at once), then the refiner is loaded (unless
+    ``config.preload`` is False), then the address is printed on stdout, so a caller may wait
+    for that line: connections made before it wait in the socket's backlog.
     """
     import uvicorn
 
     from finecut.serve.app import create_app
 
-    models = Models(config)
-    if config.preload:
-        log.info("loading the refiner ...")
-        models.refiner()
+    sock = bind(config.host, config.port)  # first: a port in use is reported at once
+    try:
+        models = Models(config)
+        if config.preload:
+            log.info("loading the refiner ...")
+            models.refiner()
+    except BaseException:
+        sock.close()
+        raise
     # the refiner warns about empty/full masks; the server says so in a header instead
     warnings.filterwarnings("ignore", message=r"the mask is (empty|full)")
-    sock = bind(config.host, config.port)
     app = create_app(config, models=models)
     server = uvicorn.Server(
         uvicorn.Config(
