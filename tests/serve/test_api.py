@@ -36,8 +36,13 @@ def test_healthz(client):
 
 def test_refine_returns_the_mask_at_full_size(client, photo, photo_jpeg, mask_png):
     image, coarse = photo
-    r = client.post("/api/refine", files={"image": ("cup.jpg", photo_jpeg, "image/jpeg"),
-                                          "mask": ("cup.png", mask_png, "image/png")})
+    r = client.post(
+        "/api/refine",
+        files={
+            "image": ("cup.jpg", photo_jpeg, "image/jpeg"),
+            "mask": ("cup.png", mask_png, "image/png"),
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert r.headers["x-finecut-size"] == "300x200"
@@ -68,8 +73,11 @@ def test_refine_soft_and_zip_agree(client, photo_png, mask_png):
 
 
 def test_cutout_is_the_photo_with_an_alpha(client, photo, photo_png, mask_png):
-    r = client.post("/api/cutout", files={"image": ("cup.png", photo_png),
-                                          "mask": ("m.png", mask_png)}, data={"soft": "1"})
+    r = client.post(
+        "/api/cutout",
+        files={"image": ("cup.png", photo_png), "mask": ("m.png", mask_png)},
+        data={"soft": "1"},
+    )
     assert r.status_code == 200, r.text
     cut = _png(r.content)
     assert cut.mode == "RGBA" and cut.size == (300, 200)
@@ -82,8 +90,9 @@ def test_empty_mask_is_returned_with_a_warning(client, photo_png):
     empty = np.zeros((200, 300), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(empty).save(buf, "PNG")
-    r = client.post("/api/refine", files={"image": ("a.png", photo_png),
-                                          "mask": ("e.png", buf.getvalue())})
+    r = client.post(
+        "/api/refine", files={"image": ("a.png", photo_png), "mask": ("e.png", buf.getvalue())}
+    )
     assert r.status_code == 200
     assert "empty" in r.headers["x-finecut-warning"]
     assert not np.asarray(_png(r.content)).any()
@@ -112,22 +121,27 @@ def test_grabcut_from_a_box_and_from_strokes(client, photo, photo_png):
     strokes[35:65, 50:100] = 255
     buf = io.BytesIO()
     Image.fromarray(strokes).save(buf, "PNG")
-    r = client.post("/api/grabcut", files={"image": ("a.png", photo_png),
-                                           "fg": ("fg.png", buf.getvalue())})
+    r = client.post(
+        "/api/grabcut", files={"image": ("a.png", photo_png), "fg": ("fg.png", buf.getvalue())}
+    )
     assert r.status_code == 200, r.text
     from_strokes = np.asarray(_png(r.content)) > 127
     # GrabCut keeps part of the strokes (those of the object's colours), nothing far away
     assert from_strokes[70:130, 100:200].mean() > 0.25
     assert not from_strokes[:20].any() and not from_strokes[:, :40].any()
-    r = client.post("/api/grabcut", files={"image": ("a.png", photo_png)},
-                    data={"box": "10,10,50,40", "method": "direct"})
+    r = client.post(
+        "/api/grabcut",
+        files={"image": ("a.png", photo_png)},
+        data={"box": "10,10,50,40", "method": "direct"},
+    )
     direct = np.asarray(_png(r.content)) > 127
     assert direct.sum() == 40 * 30 and direct[10:40, 10:50].all()
 
 
 def test_soft_layers_zip(client, photo_png):
-    r = client.post("/api/soft", files={"image": ("a.png", photo_png)},
-                    data={"layers": "3", "max_side": "160"})
+    r = client.post(
+        "/api/soft", files={"image": ("a.png", photo_png)}, data={"layers": "3", "max_side": "160"}
+    )
     assert r.status_code == 200, r.text
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
         names = zf.namelist()
@@ -149,8 +163,9 @@ def test_page_and_static_files_are_self_contained(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
-    texts = [page.text] + [client.get(f"/static/{n}").text
-                           for n in ("app.js", "style.css", "favicon.svg")]
+    texts = [page.text] + [
+        client.get(f"/static/{n}").text for n in ("app.js", "style.css", "favicon.svg")
+    ]
     for text in texts:
         # nothing is fetched from elsewhere: the only absolute URL is the SVG namespace
         urls = set(re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[a-z]{2,}[^\s\"')]*", text))

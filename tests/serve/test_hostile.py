@@ -1,5 +1,4 @@
-"""Hostile and broken requests: each is a 4xx with one line {"error": ...}, the server unharmed.
-"""
+"""Hostile and broken requests: each is a 4xx with one line {"error": ...}, the server unharmed."""
 
 from __future__ import annotations
 
@@ -36,12 +35,20 @@ def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, with one tiny IDAT: a bomb by its header."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _zlib_bomb_png(side: int) -> bytes:
@@ -64,22 +71,29 @@ def test_upload_over_the_limit_while_streaming(client, photo_png, mask_png):
     """No Content-Length (chunked): counted as it arrives (TestClient hands the app the whole
     body; test_load checks on a real server that the rest is not read)."""
     boundary = "b0undary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-            f"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode()
 
     def body():
         yield head
         for _ in range(100):  # 100 x 64 kB = 6.4 MB
             yield b"\0" * 65536
 
-    r = client.post("/api/refine", content=body(),
-                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = client.post(
+        "/api/refine",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     _refused(r, 413, "more than the limit")
 
 
 def test_not_an_image(client, mask_png):
-    r = client.post("/api/refine", files={"image": ("notes.png", b"hello, world\n" * 20),
-                                          "mask": ("m.png", mask_png)})
+    r = client.post(
+        "/api/refine",
+        files={"image": ("notes.png", b"hello, world\n" * 20), "mask": ("m.png", mask_png)},
+    )
     _refused(r, 400, "notes.png", "text file, not an image")
 
 
@@ -103,8 +117,13 @@ def test_empty_file(client, mask_png):
 
 
 def test_bomb_by_header_is_refused_before_decoding(client, mask_png):
-    r = client.post("/api/refine", files={"image": ("bomb.png", _png_header_only(100_000, 100_000)),
-                                          "mask": ("m.png", mask_png)})
+    r = client.post(
+        "/api/refine",
+        files={
+            "image": ("bomb.png", _png_header_only(100_000, 100_000)),
+            "mask": ("m.png", mask_png),
+        },
+    )
     _refused(r, 413, "too large")
 
 
@@ -116,14 +135,21 @@ def test_zlib_bomb_over_max_pixels(client, mask_png):
 
 
 def test_mask_bomb(client, photo_png):
-    r = client.post("/api/refine", files={"image": ("a.png", photo_png),
-                                          "mask": ("m.png", _png_header_only(70_000, 70_000))})
+    r = client.post(
+        "/api/refine",
+        files={"image": ("a.png", photo_png), "mask": ("m.png", _png_header_only(70_000, 70_000))},
+    )
     _refused(r, 413, "too large")
 
 
 def test_mismatched_mask_size(client, photo_png):
-    r = client.post("/api/refine", files={"image": ("a.png", photo_png),
-                                          "mask": ("m.png", _png_bytes(np.zeros((20, 30), np.uint8)))})
+    r = client.post(
+        "/api/refine",
+        files={
+            "image": ("a.png", photo_png),
+            "mask": ("m.png", _png_bytes(np.zeros((20, 30), np.uint8))),
+        },
+    )
     _refused(r, 400, "30x20", "300x200", "resize_mask")
 
 
@@ -135,16 +161,24 @@ def test_wrong_request_content_type(client):
 
 
 def test_wrong_part_content_type(client, photo_png, mask_png):
-    r = client.post("/api/refine", files={"image": ("a.png", photo_png, "text/html"),
-                                          "mask": ("m.png", mask_png)})
+    r = client.post(
+        "/api/refine",
+        files={"image": ("a.png", photo_png, "text/html"), "mask": ("m.png", mask_png)},
+    )
     _refused(r, 415, "'image'", "text/html")
 
 
 def test_missing_unknown_and_repeated_fields(client, files, photo_png):
-    _refused(client.post("/api/refine", files={"image": files["image"]}), 400,
-             "missing form field 'mask'")
-    _refused(client.post("/api/refine", files={**files, "evil": ("x", b"1")}), 400,
-             "unknown form field 'evil'")
+    _refused(
+        client.post("/api/refine", files={"image": files["image"]}),
+        400,
+        "missing form field 'mask'",
+    )
+    _refused(
+        client.post("/api/refine", files={**files, "evil": ("x", b"1")}),
+        400,
+        "unknown form field 'evil'",
+    )
     repeated = [("image", ("a.png", photo_png)), ("image", ("b.png", photo_png))]
     _refused(client.post("/api/refine", files=repeated), 400, "'image' is given twice")
 
@@ -152,25 +186,43 @@ def test_missing_unknown_and_repeated_fields(client, files, photo_png):
 def test_bad_option_values(client, files, photo_png):
     _refused(client.post("/api/refine", files=files, data={"soft": "maybe"}), 400, "'soft'")
     _refused(client.post("/api/refine", files=files, data={"format": "tar"}), 400, "'format'")
-    _refused(client.post("/api/soft", files={"image": files["image"]}, data={"layers": "99"}),
-             400, "'layers'", "1..10")
-    _refused(client.post("/api/soft", files={"image": files["image"]}, data={"max_side": "9999"}),
-             400, "'max_side'")
-    _refused(client.post("/api/soft", files={"image": files["image"]}, data={"layers": "x"}),
-             400, "integer")
+    _refused(
+        client.post("/api/soft", files={"image": files["image"]}, data={"layers": "99"}),
+        400,
+        "'layers'",
+        "1..10",
+    )
+    _refused(
+        client.post("/api/soft", files={"image": files["image"]}, data={"max_side": "9999"}),
+        400,
+        "'max_side'",
+    )
+    _refused(
+        client.post("/api/soft", files={"image": files["image"]}, data={"layers": "x"}),
+        400,
+        "integer",
+    )
     _refused(client.post("/api/grabcut", files={"image": files["image"]}), 400, "box")
-    _refused(client.post("/api/grabcut", files={"image": files["image"]},
-                         data={"box": "1,2,3"}), 400, "box")
+    _refused(
+        client.post("/api/grabcut", files={"image": files["image"]}, data={"box": "1,2,3"}),
+        400,
+        "box",
+    )
     _refused(client.post("/api/refine", files=files, data={"soft": "x" * 2000}), 400, "longer")
 
 
 def test_malformed_multipart(client):
     headers = {"content-type": "multipart/form-data; boundary=zz"}
     _refused(client.post("/api/refine", content=b"not multipart at all", headers=headers), 400)
-    body = b"--zz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc"  # no end
+    body = b'--zz\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc'  # no end
     _refused(client.post("/api/refine", content=body, headers=headers), 400, "incomplete")
-    _refused(client.post("/api/refine", content=b"--zz--\r\n",
-                         headers={"content-type": "multipart/form-data"}), 400, "boundary")
+    _refused(
+        client.post(
+            "/api/refine", content=b"--zz--\r\n", headers={"content-type": "multipart/form-data"}
+        ),
+        400,
+        "boundary",
+    )
     no_name = b"--zz\r\nContent-Type: image/png\r\n\r\nabc\r\n--zz--\r\n"
     _refused(client.post("/api/refine", content=no_name, headers=headers), 400, "form-data")
 
