@@ -64,6 +64,8 @@ def run(config: ServeConfig) -> None:
         raise
     # the refiner warns about empty/full masks; the server says so in a header instead
     warnings.filterwarnings("ignore", message=r"the mask is (empty|full)")
+    # PIL warns (with a source line) about corrupt metadata in uploads it still reads
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     app = create_app(config, models=models)
     server = uvicorn.Server(
         uvicorn.Config(
