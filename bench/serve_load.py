@@ -177,6 +177,12 @@ def main() -> None:
         f"| concurrent | {args.requests} | {args.concurrency} | {counts} | {lat} | {wall:.1f} | "
         f"{len(ok) / wall:.2f} | {rss['concurrent']:.0f} |"
     )
+    busy = [s for code, s in answers if code == 503]
+    if busy:
+        print(
+            f"\n503 answers: p50 {1000 * statistics.median(busy):.0f} ms, "
+            f"max {1000 * max(busy):.0f} ms"
+        )
     print(f"\npeak RSS right after start: {rss['start']:.0f} MB")
 
 

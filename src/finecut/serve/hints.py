@@ -10,13 +10,19 @@ full size (the refiner then puts the boundary on the pixel). The seeds:
 hints given                       GrabCut's starting labels
 ================================  ==============================================================
 box                               outside the box: background; inside: probably object
-box + object strokes              the strokes are object (certain); as above elsewhere
-object strokes, no box            the strokes: probably object; their bounding box widened by
-                                  ``margin`` (15% of its size, at least 8 px) on each side:
-                                  probably background; outside that: background. For brushing
-                                  roughly over the object, like a highlighter.
-background strokes (any case)     background (certain)
+object strokes, no box            everything else: probably background (GrabCut grows the
+                                  strokes to the object's edges wherever its colours say so)
+object strokes (any case)         object (certain): what is painted stays in
+background strokes (any case)     background (certain), over any other mark
 ================================  ==============================================================
+
+The result keeps only the parts connected to an object stroke (when there are strokes), so a
+patch of the object's colour elsewhere in the photo is not taken.
+
+Strokes are certain because GrabCut's colour models alone often give a saucer the colour of the
+table to the table: with "probably object" strokes, a brush over a red saucer on red wood lost
+half the saucer, with certain strokes none of it. Paint over background by mistake and it stays
+in; the background brush takes it out.
 
 ``method="direct"`` skips GrabCut: the mask is the object strokes (or the filled box) minus
 the background strokes, as painted.
@@ -75,7 +81,6 @@ def coarse_mask_from_hints(
     method: str = "grabcut",
     work_side: int = 512,
     iterations: int = 5,
-    margin: float = 0.15,
 ) -> np.ndarray:
     """A coarse object mask from a box and/or brush strokes (see the module docstring).
 
@@ -87,7 +92,6 @@ def coarse_mask_from_hints(
         method: ``grabcut`` or ``direct`` (the strokes / box as painted).
         work_side: GrabCut runs on the photo resized to this longer side (at most).
         iterations: GrabCut rounds.
-        margin: widening of the strokes' bounding box when there is no box.
 
     Returns:
         (H, W) uint8 mask, 0 or 255.
@@ -119,13 +123,8 @@ def coarse_mask_from_hints(
         if has_obj:
             labels[obj] = cv2.GC_FGD
     else:
-        ys, xs = np.nonzero(obj)
-        bh, bw = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-        py, px = max(8, round(margin * bh)), max(8, round(margin * bw))
-        labels[
-            max(0, ys.min() - py) : ys.max() + 1 + py, max(0, xs.min() - px) : xs.max() + 1 + px
-        ] = cv2.GC_PR_BGD
-        labels[obj] = cv2.GC_PR_FGD
+        labels[:] = cv2.GC_PR_BGD
+        labels[obj] = cv2.GC_FGD
     if back is not None:
         labels[back] = cv2.GC_BGD
     is_fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
@@ -138,12 +137,23 @@ def coarse_mask_from_hints(
     rgb = np.ascontiguousarray(small[:, :, ::-1])  # GrabCut's colour models do not care; BGR
     cv2.grabCut(rgb, labels, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
     found = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    if has_obj:
+        found = _touching(found, obj)
     if not found.any():
         raise ImageError("GrabCut found no object in the box or strokes; mark it more fully")
     if (sw, sh) != (w, h):
         soft = cv2.resize(found.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         found = soft >= 0.5
     return np.where(found, np.uint8(255), np.uint8(0))
+
+
+def _touching(found: np.ndarray, strokes: np.ndarray) -> np.ndarray:
+    """The connected parts (8-neighbours) of ``found`` that contain a stroke pixel."""
+    count, parts = cv2.connectedComponents(found.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return found
+    keep = np.unique(parts[strokes & found])
+    return np.isin(parts, keep[keep > 0])
 
 
 def _direct(
