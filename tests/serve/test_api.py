@@ -128,7 +128,7 @@ def test_grabcut_from_a_box_and_from_strokes(client, photo, photo_png):
     from_strokes = np.asarray(_png(r.content)) > 127
     # the strokes stay in, GrabCut grows them to the cup and saucer
     assert from_strokes[70:130, 100:200].all()
-    assert _iou(from_strokes, coarse) > 0.7 and not from_strokes[:30, :60].any()
+    assert _iou(from_strokes, coarse) > 0.6 and not from_strokes[:30, :60].any()
     r = client.post(
         "/api/grabcut",
         files={"image": ("a.png", photo_png)},
