@@ -5,7 +5,8 @@ scripts that make the docs' figures).
 
 Starts ``finecut serve --port 0``, opens the page in headless Chromium (Debian's chromium and
 chromedriver, driven by Selenium), opens scikit-image's coffee photo, brushes roughly over the
-cup and saucer, runs, and saves a screenshot of the window with the result.
+cup and saucer, runs, and saves a screenshot of the window with the result (cropped below the
+panels).
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Highlighter strokes over the cup and saucer, as fractions of the canvas (x, y).
+#: (tool, points): highlighter strokes over the cup and saucer ("erase" would be the background
+#: brush); points are fractions of the canvas (x, y).
 STROKES = [
-    [
-        (0.36, 0.16),
-        (0.62, 0.14),
-        (0.38, 0.34),
-        (0.66, 0.36),
-        (0.24, 0.52),
-        (0.74, 0.52),
-        (0.26, 0.7),
-        (0.72, 0.74),
-        (0.36, 0.86),
-        (0.6, 0.88),
-    ],
+    (
+        "brush",
+        [
+            (0.36, 0.16),
+            (0.62, 0.14),
+            (0.38, 0.34),
+            (0.66, 0.36),
+            (0.24, 0.52),
+            (0.74, 0.52),
+            (0.26, 0.7),
+            (0.72, 0.74),
+            (0.36, 0.86),
+            (0.6, 0.88),
+        ],
+    ),
 ]
 
 
@@ -104,7 +109,8 @@ def main() -> None:
         )
         canvas = driver.find_element(By.ID, "marks-canvas")
         w, h = canvas.rect["width"], canvas.rect["height"]
-        for stroke in STROKES:
+        for tool, stroke in STROKES:
+            driver.find_element(By.CSS_SELECTOR, f'[data-tool="{tool}"]').click()
             chain = ActionChains(driver)
             x, y = stroke[0]
             chain.move_to_element_with_offset(canvas, round((x - 0.5) * w), round((y - 0.5) * h))
@@ -121,6 +127,12 @@ def main() -> None:
         time.sleep(1.0)  # the status line refreshes after the run
         args.output.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(args.output))
+        bottom = driver.execute_script(
+            "return Math.max(...[...document.querySelectorAll('#panel-cut .step, #panel-cut "
+            ".pane')].map(e => e.getBoundingClientRect().bottom))"
+        )
+        with Image.open(args.output) as shot:
+            shot.crop((0, 0, shot.width, min(shot.height, round(bottom) + 18))).save(args.output)
         print(f"wrote {args.output}")
     finally:
         driver.quit()
