@@ -27,6 +27,7 @@ FUZZ = settings(
     deadline=None,  # timed below, with a bound that a slow shared machine still meets
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,
+    database=None,  # derandomized: nothing to replay, nothing to store
 )
 
 
@@ -147,6 +148,7 @@ def test_mutated_files_mask(data):
     max_examples=40,
     deadline=None,
     derandomize=True,
+    database=None,  # derandomized: nothing to replay, nothing to store
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(mutated())
