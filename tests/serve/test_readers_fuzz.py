@@ -20,6 +20,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+# PIL warns about the corrupt metadata it reads past; expected here
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 MAX_PIXELS = 1 << 20  # what a hostile header may make the reader allocate, in these tests
 SECONDS = 2.0  # per example
 FUZZ = settings(
