@@ -230,13 +230,23 @@ def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
         500: "an unexpected failure (logged on the server)",
         503: "the queue is full: retry after the Retry-After header's seconds",
     }
-    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+    answers: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": text[code]} for code in codes
+    }
+    if 503 in answers:
+        answers[503]["headers"] = {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        }
+    return answers
 
 
 _ALL_REFUSALS = _refusals(400, 408, 413, 415, 500, 503)
 _RESULT_HEADERS = {
     "X-Finecut-Size": {"description": "the photo's size, WxH", "schema": {"type": "string"}},
-    "X-Finecut-Seconds": {"description": "seconds of work", "schema": {"type": "number"}},
+    "X-Finecut-Seconds": {
+        "description": "seconds from arrival to answer (upload, queue wait, work)",
+        "schema": {"type": "number"},
+    },
     "X-Finecut-Warning": {
         "description": "present when the result needs a word, e.g. an empty mask returned "
         "unchanged",

@@ -209,7 +209,7 @@ def soft_job(
         scale = max_side / max(h, w)
         size = (max(16, round(w * scale)), max(16, round(h * scale)))
         work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    report("semantic features", 0.0)
+    report("semantic features", None)
     features = models.embedder().embed(work)
     result = soft_segment(
         work,
