@@ -119,8 +119,7 @@ def _run_child(image: str, mode: str, args, save: Path, src: str | None = None) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--images",
-        default="aeroplane",
+        "--images", default="aeroplane",
         help=f"comma list of {list(IMAGES)} (name@F upsamples by F), or all",
     )
     p.add_argument("--threads", type=int, default=2)
