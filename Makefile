@@ -32,3 +32,14 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info src/*.egg-info
+
+# ---------------------------------------------------------------------------------- serve
+# `make serve`: the web page and API on http://127.0.0.1:8000/ (Ctrl-C stops);
+# `make browser-deps`: Debian's chromium + chromedriver for tests/serve/test_browser.py
+.PHONY: serve browser-deps
+
+serve: venv
+	$(VENV)/bin/finecut serve
+
+browser-deps:
+	bash .ci/install-chromium

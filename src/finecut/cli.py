@@ -658,6 +658,85 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ serve
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a local web page and HTTP API on the embedded models",
+        description="Serve a page (open a photo, brush or box the object, get the cut-out; soft "
+        "layers) and an HTTP API (/api/refine, /api/cutout, /api/grabcut, /api/soft, /healthz; "
+        "description at /openapi.json). The refiner is loaded at start, the soft-segmentation "
+        "network on the first /api/soft request. Ctrl-C stops. Needs: pip install "
+        "'finecut[serve]'.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=50.0, help="largest request body in MB (default 50)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=float,
+        default=40.0,
+        help="largest image in megapixels, checked from its header (default 40)",
+    )
+    p.add_argument(
+        "--queue",
+        type=int,
+        default=8,
+        help="requests that may wait for a worker; more get 503 (default 8)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="requests computed at once (default 1: one uses every CPU core)",
+    )
+    p.add_argument(
+        "--soft-max-side",
+        type=int,
+        default=640,
+        help="soft layers are solved at most at this longer side (default 640)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--weights", default=None, help="refiner weights (default: the embedded model)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
+    from finecut.errors import ConfigError
+    from finecut.serve import ServeConfig, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        raise ConfigError(f"finecut serve needs {', '.join(missing)}: pip install 'finecut[serve]'")
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=int(args.max_pixels * 1_000_000),
+        queue=args.queue,
+        workers=args.workers,
+        soft_max_side=args.soft_max_side,
+        device=args.device,
+        weights=args.weights,
+        threads=args.threads,
+    )
+    from finecut.serve import run
+
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        pass
+    print("finecut serve: stopped", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finecut", description="Segmentation that gets the details right."
@@ -670,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)
+    _add_serve(sub)
     from finecut.segment.commands import add_top_parsers
 
     add_top_parsers(sub)

@@ -17,3 +17,8 @@ class WeightsError(FinecutError):
 
 class ConfigError(FinecutError, ValueError):
     """A configuration file or option is invalid (unknown key, wrong type, out of range)."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the reader's ``max_pixels`` (or PIL's decompression-bomb
+    limit): refused from its header, before any pixel is decoded."""

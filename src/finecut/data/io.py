@@ -79,13 +79,15 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
-from finecut.errors import ImageError
+from finecut.errors import ImageError, ImageTooLargeError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "IMAGE_WRITE_EXTENSIONS",
     "MASK_WRITE_EXTENSIONS",
+    "decode_image",
+    "decode_mask",
     "list_images",
     "pair_by_stem",
     "read_image",
@@ -252,6 +254,78 @@ def _mask_from_pixels(px: _Pixels, path: StrPath) -> np.ndarray:
     return color
 
 
+def decode_image(
+    data: bytes, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """:func:`read_image` for bytes held in memory (an upload), with the same rules and errors.
+
+    Args:
+        data: the file's bytes.
+        name: what messages call the file (e.g. the upload's file name).
+        max_pixels: as for :func:`read_image`; a larger image raises
+            :class:`finecut.errors.ImageTooLargeError` from its header, before decoding.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+
+    Raises:
+        ImageError: empty, not an image, truncated, corrupt or too large.
+    """
+    px = _decode_bytes(data, name, "image", max_pixels)
+    color = px.color
+    if px.alpha is not None:
+        color = _composite_over_white(color, px.alpha)
+    if color.ndim == 2:
+        color = np.repeat(color[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(color, dtype=np.uint8)
+
+
+def decode_mask(
+    data: bytes,
+    *,
+    name: str = "mask",
+    shape: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """:func:`read_mask` for bytes held in memory, with the same rules and errors.
+
+    Args:
+        data: the file's bytes.
+        name: what messages call the file.
+        shape: ``(H, W)`` the mask must have; None skips the check.
+        max_pixels: as for :func:`read_image`.
+
+    Returns:
+        ``(H, W)`` uint8 with soft values kept.
+
+    Raises:
+        ImageError: unreadable bytes, or a size other than ``shape``
+            (``mask 'm.png' is 320x240 but the image is 640x480``).
+    """
+    if shape is not None:
+        shape = _check_shape_arg(shape)
+    mask = _mask_from_pixels(_decode_bytes(data, name, "mask", max_pixels), name)
+    if shape is not None and mask.shape != shape:
+        h, w = mask.shape
+        raise ImageError(f"mask {_q(name)} is {w}x{h} but the image is {shape[1]}x{shape[0]}")
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def _decode_bytes(data: bytes, name: str, kind: str, max_pixels: int) -> _Pixels:
+    """:func:`_decode` for an in-memory file."""
+    import io
+
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"data must be bytes; got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError(f"cannot read {kind} {_q(name)}: the file is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_open(io.BytesIO(data), name, kind, max_pixels)
+
+
 def _decode(path: StrPath, kind: str, max_pixels: int) -> _Pixels:
     """Open, check and fully decode one file into oriented uint8 planes; ImageError on failure."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
@@ -289,7 +363,9 @@ def _decode_open(fh: IO[bytes], path: StrPath, kind: str, max_pixels: int) -> _P
     try:
         im = Image.open(fh)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"cannot read {kind} {name}: it is too large (PIL: {exc})") from None
+        raise ImageTooLargeError(
+            f"cannot read {kind} {name}: it is too large (PIL: {exc})"
+        ) from None
     except UnidentifiedImageError:
         fh.seek(0)
         reason = _why_unidentified(fh.read(4096))
@@ -301,7 +377,7 @@ def _decode_open(fh: IO[bytes], path: StrPath, kind: str, max_pixels: int) -> _P
         if w <= 0 or h <= 0:
             raise ImageError(f"cannot read {kind} {name}: it is {w}x{h} (zero width or height)")
         if w * h > max_pixels:
-            raise ImageError(
+            raise ImageTooLargeError(
                 f"cannot read {kind} {name}: it is too large: {w}x{h} = {w * h:,} pixels, more "
                 f"than the limit of {max_pixels:,} (max_pixels)"
             )
@@ -313,7 +389,9 @@ def _decode_open(fh: IO[bytes], path: StrPath, kind: str, max_pixels: int) -> _P
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"cannot read {kind} {name}: it is too large (PIL: {exc})") from None
+            raise ImageTooLargeError(
+                f"cannot read {kind} {name}: it is too large (PIL: {exc})"
+            ) from None
         except MemoryError:
             raise ImageError(
                 f"cannot read {kind} {name}: not enough memory to decode {w}x{h} pixels"
