@@ -10,11 +10,14 @@ from finecut.data.io import (
     IMAGE_EXTENSIONS,
     IMAGE_WRITE_EXTENSIONS,
     MASK_WRITE_EXTENSIONS,
+    check_output,
     list_images,
     pair_by_stem,
     read_image,
+    read_labels,
     read_mask,
     write_image,
+    write_labels,
     write_mask,
 )
 
@@ -23,10 +26,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_WRITE_EXTENSIONS",
     "MASK_WRITE_EXTENSIONS",
+    "check_output",
     "list_images",
     "pair_by_stem",
     "read_image",
+    "read_labels",
     "read_mask",
     "write_image",
+    "write_labels",
     "write_mask",
 ]
