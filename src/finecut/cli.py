@@ -32,15 +32,33 @@ def _stems_arg(text: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- refine
+#: What the refusal of a label map given as --mask suggests.
+_LABELS_HINT = "pass it with --instances to refine each label into a label map"
+
+
 def _add_refine(sub) -> None:
     p = sub.add_parser(
         "refine",
-        help="refine a coarse mask to a crisp full-resolution mask (CRM)",
-        description="Refine a coarse binary mask of IMAGE at full resolution. IMAGE and --mask may "
-        "be files or folders (folder mode pairs files by stem).",
+        help="refine a coarse mask (or every instance of a label map) at full resolution (CRM)",
+        description="Refine a coarse binary mask of IMAGE at full resolution (--mask), or every "
+        "instance of a label map (--instances: 0 is background, each other value one object; "
+        "the output is a label map). IMAGE and the mask may be files or folders (folder mode "
+        "pairs files by stem).",
     )
     p.add_argument("image", type=Path, help="image file or folder of images")
-    p.add_argument("--mask", "-m", type=Path, required=True, help="coarse mask file or folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--mask",
+        "-m",
+        type=Path,
+        help="coarse binary mask file or folder (0/255, 0/1, or 8-bit soft: foreground > 127)",
+    )
+    source.add_argument(
+        "--instances",
+        type=Path,
+        help="label map file or folder (8/16-bit grey, palette or colour-coded PNG): each "
+        "instance is refined, overlaps go to the most probable, the output is a label map",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--soft", action="store_true", help="write the probability as 8-bit alpha")
@@ -71,54 +89,85 @@ def _add_refine(sub) -> None:
     p.set_defaults(func=_cmd_refine)
 
 
-def _load_pair(image_path: Path, mask_path: Path, resize: bool):
+def _load_pair(image_path: Path, mask_path: Path, resize: bool, instances: bool = False):
+    """The image and its coarse input: a bool mask, or with ``instances`` a label map.
+
+    A label map given as a mask is refused here, before any model is loaded."""
     import cv2
 
-    from finecut.data.io import read_image, read_mask
+    from finecut.data.io import read_image, read_labels, read_mask
+    from finecut.data.masks import binary_mask
 
     image = read_image(image_path)
     h, w = image.shape[:2]
+    kind = "label map" if instances else "mask"
+    read = read_labels if instances else read_mask
     if resize:
-        mask = read_mask(mask_path)
+        mask = read(mask_path)
         if mask.shape != (h, w):
             log.info(
-                "resizing mask %s from %dx%d to %dx%d",
+                "resizing %s %s from %dx%d to %dx%d",
+                kind,
                 mask_path.name,
                 mask.shape[1],
                 mask.shape[0],
                 w,
                 h,
             )
-            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+            # labels must stay labels: nearest neighbour; a mask keeps its soft edges
+            interpolation = cv2.INTER_NEAREST if instances else cv2.INTER_LINEAR
+            mask = cv2.resize(mask, (w, h), interpolation=interpolation)
     else:
         try:
-            mask = read_mask(mask_path, shape=(h, w), image_path=image_path)
+            mask = read(mask_path, shape=(h, w), image_path=image_path)
         except ImageError as exc:
             if "but image" in str(exc):
                 raise ImageError(f"{exc} (pass --resize-mask to resize it)") from None
             raise
-    return image, mask
+    if instances:
+        return image, mask
+    return image, binary_mask(mask, name=f"mask {str(mask_path)!r}", hint=_LABELS_HINT)
+
+
+def _refine_loaded(refiner, image, coarse, args):
+    """The refined mask (uint8 0/255 or, with --soft, 0..255 alpha) or label map."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.instances is not None:
+            result = refiner.refine_instances(
+                image, coarse, full_query=args.full_query, snap=not args.no_snap
+            )
+        else:
+            result = refiner.refine(
+                image, coarse, soft=args.soft, full_query=args.full_query, snap=not args.no_snap
+            )
+    if args.soft:
+        result = (result * 255.0).round().astype("uint8")
+    return result, [str(w.message) for w in caught]
+
+
+def _write_result(image, result, out: Path, overlay: Path | None, protect, args) -> None:
+    from finecut.data.io import write_image, write_labels, write_mask
+    from finecut.viz import overlay_labels, overlay_mask
+
+    if args.instances is not None:
+        write_labels(out, result, overwrite=args.overwrite, protect=protect)
+        picture = overlay_labels(image, result) if overlay is not None else None
+    else:
+        write_mask(out, result, overwrite=args.overwrite, protect=protect)
+        picture = overlay_mask(image, result) if overlay is not None else None
+    if overlay is not None:
+        write_image(overlay, picture, overwrite=args.overwrite, protect=protect)
 
 
 def _refine_one(
     refiner, image_path: Path, mask_path: Path, out: Path, overlay: Path | None, args
 ) -> None:
-    from finecut.data.io import write_image, write_mask
-    from finecut.viz import overlay_mask
-
-    image, mask = _load_pair(image_path, mask_path, args.resize_mask)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = refiner.refine(
-            image, mask, soft=args.soft, full_query=args.full_query, snap=not args.no_snap
-        )
-    for w in caught:
-        log.warning("%s: %s", image_path.name, w.message)
-    alpha = (result * 255.0).round().astype("uint8") if args.soft else result
-    protect = (image_path, mask_path)
-    write_mask(out, alpha, overwrite=args.overwrite, protect=protect)
-    if overlay is not None:
-        write_image(overlay, overlay_mask(image, alpha), overwrite=args.overwrite, protect=protect)
+    image, coarse = _load_pair(image_path, mask_path, args.resize_mask, args.instances is not None)
+    result, messages = _refine_loaded(refiner, image, coarse, args)
+    for message in messages:
+        log.warning("%s: %s", image_path.name, message)
+    _write_result(image, result, out, overlay, (image_path, mask_path), args)
 
 
 def _refiner(args):
@@ -129,56 +178,86 @@ def _refiner(args):
     return Refiner(args.device, weights=args.weights, threads=args.threads)
 
 
-def _cmd_refine(args) -> int:
-    from finecut.data.io import list_images, pair_by_stem
+def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
+    """Every check the writers would make, before any work (a bad -o fails in milliseconds)."""
+    from finecut.data.io import check_output
 
+    check_output(args.output, kind, protect=inputs)
+    if args.output.exists() and not args.overwrite:
+        raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
+    if args.overlay is None:
+        return
+    check_output(args.overlay, "overlay", protect=inputs)
+    if args.overlay.resolve() == args.output.resolve():
+        raise ImageError(
+            f"--overlay {str(args.overlay)!r} is the output file; give the overlay its own path"
+        )
+    if args.overlay.exists() and not args.overwrite:
+        raise ImageError(f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)")
+
+
+def _cmd_refine(args) -> int:
+    from finecut.data.io import check_output, check_output_folder, list_images, pair_by_stem
+    from finecut.errors import ConfigError
+
+    instances = args.instances is not None
+    kind = "label map" if instances else "mask"
+    source = args.instances if instances else args.mask
+    option = "--instances" if instances else "--mask"
+    if instances and args.soft:
+        raise ConfigError("--soft cannot be used with --instances: the output is a label map")
     if not args.image.exists():
         raise ImageError(f"{str(args.image)!r} not found")
-    if not args.mask.exists():
-        raise ImageError(f"mask {str(args.mask)!r} not found")
+    if not source.exists():
+        raise ImageError(f"{kind} {str(source)!r} not found")
     folder = args.image.is_dir()
-    if folder != args.mask.is_dir():
-        raise ImageError("IMAGE and --mask must both be files or both be folders")
+    if folder != source.is_dir():
+        raise ImageError(f"IMAGE and {option} must both be files or both be folders")
     if not folder:
-        if args.output.exists() and not args.overwrite:
-            raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
-        if args.overlay is not None and args.overlay.exists() and not args.overwrite:
-            raise ImageError(
-                f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)"
-            )
-        _refine_one(_refiner(args), args.image, args.mask, args.output, args.overlay, args)
+        _check_file_outputs(args, (args.image, source), kind)
+        image, coarse = _load_pair(args.image, source, args.resize_mask, instances)
+        result, messages = _refine_loaded(_refiner(args), image, coarse, args)
+        for message in messages:
+            log.warning("%s: %s", args.image.name, message)
+        _write_result(image, result, args.output, args.overlay, (args.image, source), args)
         log.info("wrote %s", args.output)
         return 0
 
-    pairs, unmatched = pair_by_stem(args.image, args.mask)
+    check_output_folder(args.output, "output")
+    if args.overlay is not None:
+        check_output_folder(args.overlay, "overlay")
+    pairs, unmatched = pair_by_stem(args.image, source)
     if not pairs:
         n = len(list_images(args.image))
         raise ImageError(
-            f"no image in {str(args.image)!r} has a mask of the same stem in "
-            f"{str(args.mask)!r} ({n} images)"
+            f"no image in {str(args.image)!r} has a {kind} of the same stem in "
+            f"{str(source)!r} ({n} images)"
         )
     for p in unmatched:
-        log.warning("no mask for %s: skipped", p.name)
-    args.output.mkdir(parents=True, exist_ok=True)
-    if args.overlay is not None:
-        args.overlay.mkdir(parents=True, exist_ok=True)
+        log.warning("no %s for %s: skipped", kind, p.name)
     todo = []
     for img, msk in pairs:
         out = args.output / f"{img.stem}.png"
+        overlay = args.overlay / f"{img.stem}.png" if args.overlay is not None else None
+        check_output(out, kind, protect=(img, msk))  # an output that is an input: stop now
+        if overlay is not None:
+            check_output(overlay, "overlay", protect=(img, msk))
         if out.exists() and not args.overwrite:
             continue
-        todo.append((img, msk, out))
+        todo.append((img, msk, out, overlay))
     skipped = len(pairs) - len(todo)
     if skipped:
         log.info("%d outputs already exist and are kept (pass --overwrite to redo them)", skipped)
     if not todo:
         return 0
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.overlay is not None:
+        args.overlay.mkdir(parents=True, exist_ok=True)
     refiner = _refiner(args)
     failures: list[tuple[str, str]] = []
     from tqdm import tqdm
 
-    for img, msk, out in tqdm(todo, unit="img", disable=not sys.stderr.isatty()):
-        overlay = args.overlay / f"{img.stem}.png" if args.overlay is not None else None
+    for img, msk, out, overlay in tqdm(todo, unit="img", disable=not sys.stderr.isatty()):
         try:
             _refine_one(refiner, img, msk, out, overlay, args)
         except FinecutError as exc:
@@ -186,12 +265,16 @@ def _cmd_refine(args) -> int:
             log.error("%s", exc)
     done = len(todo) - len(failures)
     log.info("refined %d of %d images into %s", done, len(todo), args.output)
-    if failures:
-        print(f"finecut: {len(failures)} of {len(todo)} images failed:", file=sys.stderr)
-        for name, msg in failures:
-            print(f"  {name}: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(failures, len(todo), "images")
+
+
+def _report_failures(failures: list[tuple[str, str]], total: int, what: str) -> int:
+    if not failures:
+        return 0
+    print(f"finecut: {len(failures)} of {total} {what} failed:", file=sys.stderr)
+    for name, msg in failures:
+        print(f"  {name}: {msg}", file=sys.stderr)
+    return 1
 
 
 # ------------------------------------------------------------------------------------------- soft

@@ -88,6 +88,7 @@ __all__ = [
     "IMAGE_WRITE_EXTENSIONS",
     "MASK_WRITE_EXTENSIONS",
     "check_output",
+    "check_output_folder",
     "list_images",
     "pair_by_stem",
     "read_image",
@@ -766,14 +767,33 @@ def check_output(
     _check_destination(dest, protect, overwrite, what)
     if not any_extension:
         _format_for(dest, what)
-    ancestor = dest.parent
+    _check_creatable(dest.parent, dest, what)
+    return dest
+
+
+def check_output_folder(folder: StrPath, what: str = "output") -> Path:
+    """Check, before any work, that files can be written into ``folder`` (made if missing).
+
+    Raises:
+        ImageError: ``folder`` is a file, or it or its nearest existing parent is not a
+            writable folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageError(f"{what} {_q(folder)} is a file; folder mode writes into a folder")
+    _check_creatable(folder, folder, what)
+    return folder
+
+
+def _check_creatable(folder: Path, dest: Path, what: str) -> None:
+    """``folder`` exists as a writable folder, or could be made in its nearest existing parent."""
+    ancestor = folder
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
         raise ImageError(f"cannot write {what} {_q(dest)}: {_q(ancestor)} is a file, not a folder")
     if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
         raise ImageError(f"cannot write {what} {_q(dest)}: folder {_q(ancestor)} is not writable")
-    return dest
 
 
 def _check_destination(
