@@ -277,6 +277,91 @@ def _report_failures(failures: list[tuple[str, str]], total: int, what: str) -> 
     return 1
 
 
+# ------------------------------------------------------------------------------------ refine-coco
+def _add_refine_coco(sub) -> None:
+    p = sub.add_parser(
+        "refine-coco",
+        help="refine every mask of a COCO annotation file (polygons or RLE in, RLE out)",
+        description="Refine every annotation's mask of a COCO instances file. The output keeps "
+        "every field (ids, category_id, image_id, ...) and gives each refined annotation an RLE "
+        "segmentation with its area and bbox; crowd annotations are kept as given. Finished "
+        "images are recorded in OUTPUT.partial: an interrupted run resumes where it stopped "
+        "when the same command is run again. Needs pycocotools (pip install 'finecut[coco]').",
+    )
+    p.add_argument("annotations", type=Path, help="COCO instances JSON")
+    p.add_argument(
+        "--images", type=Path, required=True, help="folder the images' file_name are relative to"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="refined JSON")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output and start over (the journal of an earlier run is dropped)",
+    )
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="write the output even when some images fail (their annotations are kept as given)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--weights", default=None, help="weights file (default: the embedded model)")
+    p.add_argument("--full-query", action="store_true", help="CRM's own inference (slower)")
+    p.add_argument("--no-snap", action="store_true", help="skip edge snapping")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_refine_coco)
+
+
+def _cmd_refine_coco(args) -> int:
+    from finecut.data.coco import Journal, file_sha256, load_coco, mask_api, write_json
+    from finecut.data.io import check_output
+    from finecut.refine.coco import apply_results, pending_images, refine_coco
+
+    coco = load_coco(args.annotations)
+    check_output(args.output, "output", any_extension=True, protect=[args.annotations])
+    if args.output.exists() and not args.overwrite:
+        raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
+    if not args.images.is_dir():
+        raise ImageError(f"--images {str(args.images)!r} is not a folder")
+    api = mask_api()
+    journal_path = args.output.with_name(args.output.name + ".partial")
+    header = {
+        "annotations_sha256": file_sha256(args.annotations),
+        "weights": args.weights,
+        "full_query": args.full_query,
+        "snap": not args.no_snap,
+    }
+    journal = Journal(journal_path, header, restart=args.overwrite)
+    total = len(pending_images(coco, journal)) + len(journal.done)
+    failures: list[tuple[str, str]] = []
+    if len(journal.done) < total:
+        from tqdm import tqdm
+
+        failures = refine_coco(
+            _refiner(args),
+            coco,
+            args.images,
+            journal,
+            api,
+            full_query=args.full_query,
+            snap=not args.no_snap,
+            progress=lambda items: tqdm(items, unit="img", disable=not sys.stderr.isatty()),
+        )
+    if failures and not args.skip_failed:
+        code = _report_failures(failures, total, "images")
+        print(
+            f"finecut: the {len(journal.done)} images done are kept in {str(journal_path)!r}; "
+            "run the same command again to refine only the others, or pass --skip-failed to "
+            "write the output with the failed images' annotations as given",
+            file=sys.stderr,
+        )
+        return code
+    write_json(args.output, apply_results(coco, journal.done), protect=[args.annotations])
+    journal.remove()
+    refined = sum(len(results) for results in journal.done.values())
+    log.info("refined %d annotations of %d images into %s", refined, len(journal.done), args.output)
+    return _report_failures(failures, total, "images")
+
+
 # ------------------------------------------------------------------------------------------- soft
 #: Largest image each mode takes at full resolution (pixels); larger ones need --max-side.
 SOFT_MAX_PIXELS = {"fast": 4_200_000, "faithful": 640 * 480}
@@ -706,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_refine(sub)
+    _add_refine_coco(sub)
     _add_soft(sub)
     _add_train(sub)
     _add_eval(sub)

@@ -17,3 +17,7 @@ class WeightsError(FinecutError):
 
 class ConfigError(FinecutError, ValueError):
     """A configuration file or option is invalid (unknown key, wrong type, out of range)."""
+
+
+class DependencyError(FinecutError, ImportError):
+    """An optional dependency a feature needs is not installed (the message says how to get it)."""
