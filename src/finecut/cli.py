@@ -420,11 +420,9 @@ def _soft_features(args, image, shape):
     if choice == "none":
         return None, False
     if choice in ("auto", "embedding"):
-        from finecut.models.embedding import DEFAULT_EMBEDDING_WEIGHTS, load_embedding_model
-        from finecut.weights import WEIGHTS_DIR
+        from finecut.soft.semantic import embedding_features, has_embedded_embedding
 
-        weights = args.embedding
-        if weights is None and not (WEIGHTS_DIR / f"{DEFAULT_EMBEDDING_WEIGHTS}.json").is_file():
+        if args.embedding is None and not has_embedded_embedding():
             if choice == "embedding":
                 raise WeightsError(
                     "this finecut has no embedded embedding weights; pass --embedding FILE, "
@@ -435,10 +433,7 @@ def _soft_features(args, image, shape):
                 "features (pass --features FILE.npy for semantic features)"
             )
             return None, False
-        from finecut.devices import resolve_device
-
-        model = load_embedding_model(weights, resolve_device(args.device))
-        return model.embed(image), False
+        return embedding_features(image, weights=args.embedding, device=args.device), False
     path = Path(choice)
     if not path.is_file():
         raise ConfigError(
@@ -535,7 +530,7 @@ def _cmd_soft(args) -> int:
         warnings.simplefilter("always")
         result = soft_segment(
             work_image,
-            features,
+            "none" if features is None else features,
             n_layers=args.layers,
             mode=args.mode,
             progress=progress,
@@ -544,8 +539,6 @@ def _cmd_soft(args) -> int:
         )
     bar.close()
     for wmsg in caught:
-        if features is None and "no semantic features" in str(wmsg.message):
-            continue  # said above, once, in CLI words
         log.warning("%s", wmsg.message)
     alphas = result.alphas
     if alphas.shape[:2] != (h, w):
