@@ -175,6 +175,11 @@ def _refiner(args):
     # and a wrong path should be reported at once
     from finecut.refine import Refiner
 
+    many = args.command == "refine-coco" or getattr(args, "instances", None) is not None
+    if many and not args.verbose:
+        # one INFO line per small instance ("copied through") would drown the useful ones
+        logging.getLogger("finecut.refine.api").setLevel(logging.WARNING)
+
     return Refiner(args.device, weights=args.weights, threads=args.threads)
 
 

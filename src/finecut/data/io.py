@@ -47,6 +47,13 @@ palette ``P`` with coloured entries   index 0 -> 0, any other index -> 255 (VOC-
                                       outline, counts as foreground)
 ====================================  =========================================================
 
+A mask holding only 0 and 1 keeps those values; :mod:`finecut.data.masks` is the rule every
+consumer (CLI, ``Refiner``, metrics) then binarises it by (0/1 is binary, a label map is refused,
+8-bit masks are foreground above 127). Label maps, with one integer per object, are read with
+their raw values by :func:`read_labels` and written, 8- or 16-bit, by :func:`write_labels`.
+:func:`check_output` and :func:`check_output_folder` make the writers' checks on a destination
+before any work is done.
+
 Size limit: images with more than ``max_pixels`` pixels are refused from the header alone,
 before any pixel is decoded. The default, ``DEFAULT_MAX_PIXELS = 2**27`` (134,217,728, e.g.
 16384x8192), passes an 8K frame (7680x4320 = 33 MP) with a 4x margin and 100-MP medium-format

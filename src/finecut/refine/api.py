@@ -13,6 +13,7 @@ import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from finecut.models.fold import fold_batchnorm
 from finecut.refine.inference import InferenceConfig, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
 from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from finecut.refine.instances import InstanceConfig
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +221,7 @@ class Refiner:
         image: np.ndarray,
         masks: np.ndarray,
         *,
-        config=None,
+        config: InstanceConfig | None = None,
         full_query: bool | None = None,
         snap: bool | None = None,
     ) -> np.ndarray:
