@@ -32,15 +32,33 @@ def _stems_arg(text: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- refine
+#: What the refusal of a label map given as --mask suggests.
+_LABELS_HINT = "pass it with --instances to refine each label into a label map"
+
+
 def _add_refine(sub) -> None:
     p = sub.add_parser(
         "refine",
-        help="refine a coarse mask to a crisp full-resolution mask (CRM)",
-        description="Refine a coarse binary mask of IMAGE at full resolution. IMAGE and --mask may "
-        "be files or folders (folder mode pairs files by stem).",
+        help="refine a coarse mask (or every instance of a label map) at full resolution (CRM)",
+        description="Refine a coarse binary mask of IMAGE at full resolution (--mask), or every "
+        "instance of a label map (--instances: 0 is background, each other value one object; "
+        "the output is a label map). IMAGE and the mask may be files or folders (folder mode "
+        "pairs files by stem).",
     )
     p.add_argument("image", type=Path, help="image file or folder of images")
-    p.add_argument("--mask", "-m", type=Path, required=True, help="coarse mask file or folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--mask",
+        "-m",
+        type=Path,
+        help="coarse binary mask file or folder (0/255, 0/1, or 8-bit soft: foreground > 127)",
+    )
+    source.add_argument(
+        "--instances",
+        type=Path,
+        help="label map file or folder (8/16-bit grey, palette or colour-coded PNG): each "
+        "instance is refined, overlaps go to the most probable, the output is a label map",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--soft", action="store_true", help="write the probability as 8-bit alpha")
@@ -71,54 +89,85 @@ def _add_refine(sub) -> None:
     p.set_defaults(func=_cmd_refine)
 
 
-def _load_pair(image_path: Path, mask_path: Path, resize: bool):
+def _load_pair(image_path: Path, mask_path: Path, resize: bool, instances: bool = False):
+    """The image and its coarse input: a bool mask, or with ``instances`` a label map.
+
+    A label map given as a mask is refused here, before any model is loaded."""
     import cv2
 
-    from finecut.data.io import read_image, read_mask
+    from finecut.data.io import read_image, read_labels, read_mask
+    from finecut.data.masks import binary_mask
 
     image = read_image(image_path)
     h, w = image.shape[:2]
+    kind = "label map" if instances else "mask"
+    read = read_labels if instances else read_mask
     if resize:
-        mask = read_mask(mask_path)
+        mask = read(mask_path)
         if mask.shape != (h, w):
             log.info(
-                "resizing mask %s from %dx%d to %dx%d",
+                "resizing %s %s from %dx%d to %dx%d",
+                kind,
                 mask_path.name,
                 mask.shape[1],
                 mask.shape[0],
                 w,
                 h,
             )
-            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+            # labels must stay labels: nearest neighbour; a mask keeps its soft edges
+            interpolation = cv2.INTER_NEAREST if instances else cv2.INTER_LINEAR
+            mask = cv2.resize(mask, (w, h), interpolation=interpolation)
     else:
         try:
-            mask = read_mask(mask_path, shape=(h, w), image_path=image_path)
+            mask = read(mask_path, shape=(h, w), image_path=image_path)
         except ImageError as exc:
             if "but image" in str(exc):
                 raise ImageError(f"{exc} (pass --resize-mask to resize it)") from None
             raise
-    return image, mask
+    if instances:
+        return image, mask
+    return image, binary_mask(mask, name=f"mask {str(mask_path)!r}", hint=_LABELS_HINT)
+
+
+def _refine_loaded(refiner, image, coarse, args):
+    """The refined mask (uint8 0/255 or, with --soft, 0..255 alpha) or label map."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.instances is not None:
+            result = refiner.refine_instances(
+                image, coarse, full_query=args.full_query, snap=not args.no_snap
+            )
+        else:
+            result = refiner.refine(
+                image, coarse, soft=args.soft, full_query=args.full_query, snap=not args.no_snap
+            )
+    if args.soft:
+        result = (result * 255.0).round().astype("uint8")
+    return result, [str(w.message) for w in caught]
+
+
+def _write_result(image, result, out: Path, overlay: Path | None, protect, args) -> None:
+    from finecut.data.io import write_image, write_labels, write_mask
+    from finecut.viz import overlay_labels, overlay_mask
+
+    if args.instances is not None:
+        write_labels(out, result, overwrite=args.overwrite, protect=protect)
+        picture = overlay_labels(image, result) if overlay is not None else None
+    else:
+        write_mask(out, result, overwrite=args.overwrite, protect=protect)
+        picture = overlay_mask(image, result) if overlay is not None else None
+    if overlay is not None:
+        write_image(overlay, picture, overwrite=args.overwrite, protect=protect)
 
 
 def _refine_one(
     refiner, image_path: Path, mask_path: Path, out: Path, overlay: Path | None, args
 ) -> None:
-    from finecut.data.io import write_image, write_mask
-    from finecut.viz import overlay_mask
-
-    image, mask = _load_pair(image_path, mask_path, args.resize_mask)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = refiner.refine(
-            image, mask, soft=args.soft, full_query=args.full_query, snap=not args.no_snap
-        )
-    for w in caught:
-        log.warning("%s: %s", image_path.name, w.message)
-    alpha = (result * 255.0).round().astype("uint8") if args.soft else result
-    protect = (image_path, mask_path)
-    write_mask(out, alpha, overwrite=args.overwrite, protect=protect)
-    if overlay is not None:
-        write_image(overlay, overlay_mask(image, alpha), overwrite=args.overwrite, protect=protect)
+    image, coarse = _load_pair(image_path, mask_path, args.resize_mask, args.instances is not None)
+    result, messages = _refine_loaded(refiner, image, coarse, args)
+    for message in messages:
+        log.warning("%s: %s", image_path.name, message)
+    _write_result(image, result, out, overlay, (image_path, mask_path), args)
 
 
 def _refiner(args):
@@ -126,59 +175,94 @@ def _refiner(args):
     # and a wrong path should be reported at once
     from finecut.refine import Refiner
 
+    many = args.command == "refine-coco" or getattr(args, "instances", None) is not None
+    if many and not args.verbose:
+        # one INFO line per small instance ("copied through") would drown the useful ones
+        logging.getLogger("finecut.refine.api").setLevel(logging.WARNING)
+
     return Refiner(args.device, weights=args.weights, threads=args.threads)
 
 
-def _cmd_refine(args) -> int:
-    from finecut.data.io import list_images, pair_by_stem
+def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
+    """Every check the writers would make, before any work (a bad -o fails in milliseconds)."""
+    from finecut.data.io import check_output
 
+    check_output(args.output, kind, protect=inputs)
+    if args.output.exists() and not args.overwrite:
+        raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
+    if args.overlay is None:
+        return
+    check_output(args.overlay, "overlay", protect=inputs)
+    if args.overlay.resolve() == args.output.resolve():
+        raise ImageError(
+            f"--overlay {str(args.overlay)!r} is the output file; give the overlay its own path"
+        )
+    if args.overlay.exists() and not args.overwrite:
+        raise ImageError(f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)")
+
+
+def _cmd_refine(args) -> int:
+    from finecut.data.io import check_output, check_output_folder, list_images, pair_by_stem
+    from finecut.errors import ConfigError
+
+    instances = args.instances is not None
+    kind = "label map" if instances else "mask"
+    source = args.instances if instances else args.mask
+    option = "--instances" if instances else "--mask"
+    if instances and args.soft:
+        raise ConfigError("--soft cannot be used with --instances: the output is a label map")
     if not args.image.exists():
         raise ImageError(f"{str(args.image)!r} not found")
-    if not args.mask.exists():
-        raise ImageError(f"mask {str(args.mask)!r} not found")
+    if not source.exists():
+        raise ImageError(f"{kind} {str(source)!r} not found")
     folder = args.image.is_dir()
-    if folder != args.mask.is_dir():
-        raise ImageError("IMAGE and --mask must both be files or both be folders")
+    if folder != source.is_dir():
+        raise ImageError(f"IMAGE and {option} must both be files or both be folders")
     if not folder:
-        if args.output.exists() and not args.overwrite:
-            raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
-        if args.overlay is not None and args.overlay.exists() and not args.overwrite:
-            raise ImageError(
-                f"overlay {str(args.overlay)!r} exists (pass --overwrite to replace it)"
-            )
-        _refine_one(_refiner(args), args.image, args.mask, args.output, args.overlay, args)
+        _check_file_outputs(args, (args.image, source), kind)
+        image, coarse = _load_pair(args.image, source, args.resize_mask, instances)
+        result, messages = _refine_loaded(_refiner(args), image, coarse, args)
+        for message in messages:
+            log.warning("%s: %s", args.image.name, message)
+        _write_result(image, result, args.output, args.overlay, (args.image, source), args)
         log.info("wrote %s", args.output)
         return 0
 
-    pairs, unmatched = pair_by_stem(args.image, args.mask)
+    check_output_folder(args.output, "output")
+    if args.overlay is not None:
+        check_output_folder(args.overlay, "overlay")
+    pairs, unmatched = pair_by_stem(args.image, source)
     if not pairs:
         n = len(list_images(args.image))
         raise ImageError(
-            f"no image in {str(args.image)!r} has a mask of the same stem in "
-            f"{str(args.mask)!r} ({n} images)"
+            f"no image in {str(args.image)!r} has a {kind} of the same stem in "
+            f"{str(source)!r} ({n} images)"
         )
     for p in unmatched:
-        log.warning("no mask for %s: skipped", p.name)
-    args.output.mkdir(parents=True, exist_ok=True)
-    if args.overlay is not None:
-        args.overlay.mkdir(parents=True, exist_ok=True)
+        log.warning("no %s for %s: skipped", kind, p.name)
     todo = []
     for img, msk in pairs:
         out = args.output / f"{img.stem}.png"
+        overlay = args.overlay / f"{img.stem}.png" if args.overlay is not None else None
+        check_output(out, kind, protect=(img, msk))  # an output that is an input: stop now
+        if overlay is not None:
+            check_output(overlay, "overlay", protect=(img, msk))
         if out.exists() and not args.overwrite:
             continue
-        todo.append((img, msk, out))
+        todo.append((img, msk, out, overlay))
     skipped = len(pairs) - len(todo)
     if skipped:
         log.info("%d outputs already exist and are kept (pass --overwrite to redo them)", skipped)
     if not todo:
         return 0
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.overlay is not None:
+        args.overlay.mkdir(parents=True, exist_ok=True)
     refiner = _refiner(args)
     failures: list[tuple[str, str]] = []
     from tqdm import tqdm
 
-    for img, msk, out in tqdm(todo, unit="img", disable=not sys.stderr.isatty()):
-        overlay = args.overlay / f"{img.stem}.png" if args.overlay is not None else None
+    for img, msk, out, overlay in tqdm(todo, unit="img", disable=not sys.stderr.isatty()):
         try:
             _refine_one(refiner, img, msk, out, overlay, args)
         except FinecutError as exc:
@@ -186,12 +270,101 @@ def _cmd_refine(args) -> int:
             log.error("%s", exc)
     done = len(todo) - len(failures)
     log.info("refined %d of %d images into %s", done, len(todo), args.output)
-    if failures:
-        print(f"finecut: {len(failures)} of {len(todo)} images failed:", file=sys.stderr)
-        for name, msg in failures:
-            print(f"  {name}: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(failures, len(todo), "images")
+
+
+def _report_failures(failures: list[tuple[str, str]], total: int, what: str) -> int:
+    if not failures:
+        return 0
+    print(f"finecut: {len(failures)} of {total} {what} failed:", file=sys.stderr)
+    for name, msg in failures:
+        print(f"  {name}: {msg}", file=sys.stderr)
+    return 1
+
+
+# ------------------------------------------------------------------------------------ refine-coco
+def _add_refine_coco(sub) -> None:
+    p = sub.add_parser(
+        "refine-coco",
+        help="refine every mask of a COCO annotation file (polygons or RLE in, RLE out)",
+        description="Refine every annotation's mask of a COCO instances file. The output keeps "
+        "every field (ids, category_id, image_id, ...) and gives each refined annotation an RLE "
+        "segmentation with its area and bbox; crowd annotations are kept as given. Finished "
+        "images are recorded in OUTPUT.partial: an interrupted run resumes where it stopped "
+        "when the same command is run again. Needs pycocotools (pip install 'finecut[coco]').",
+    )
+    p.add_argument("annotations", type=Path, help="COCO instances JSON")
+    p.add_argument(
+        "--images", type=Path, required=True, help="folder the images' file_name are relative to"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="refined JSON")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output and start over (the journal of an earlier run is dropped)",
+    )
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="write the output even when some images fail (their annotations are kept as given)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--weights", default=None, help="weights file (default: the embedded model)")
+    p.add_argument("--full-query", action="store_true", help="CRM's own inference (slower)")
+    p.add_argument("--no-snap", action="store_true", help="skip edge snapping")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_cmd_refine_coco)
+
+
+def _cmd_refine_coco(args) -> int:
+    from finecut.data.coco import Journal, file_sha256, load_coco, mask_api, write_json
+    from finecut.data.io import check_output
+    from finecut.refine.coco import apply_results, pending_images, refine_coco
+
+    coco = load_coco(args.annotations)
+    check_output(args.output, "output", any_extension=True, protect=[args.annotations])
+    if args.output.exists() and not args.overwrite:
+        raise ImageError(f"output {str(args.output)!r} exists (pass --overwrite to replace it)")
+    if not args.images.is_dir():
+        raise ImageError(f"--images {str(args.images)!r} is not a folder")
+    api = mask_api()
+    journal_path = args.output.with_name(args.output.name + ".partial")
+    header = {
+        "annotations_sha256": file_sha256(args.annotations),
+        "weights": args.weights,
+        "full_query": args.full_query,
+        "snap": not args.no_snap,
+    }
+    journal = Journal(journal_path, header, restart=args.overwrite)
+    total = len(pending_images(coco, journal)) + len(journal.done)
+    failures: list[tuple[str, str]] = []
+    if len(journal.done) < total:
+        from tqdm import tqdm
+
+        failures = refine_coco(
+            _refiner(args),
+            coco,
+            args.images,
+            journal,
+            api,
+            full_query=args.full_query,
+            snap=not args.no_snap,
+            progress=lambda items: tqdm(items, unit="img", disable=not sys.stderr.isatty()),
+        )
+    if failures and not args.skip_failed:
+        code = _report_failures(failures, total, "images")
+        print(
+            f"finecut: the {len(journal.done)} images done are kept in {str(journal_path)!r}; "
+            "run the same command again to refine only the others, or pass --skip-failed to "
+            "write the output with the failed images' annotations as given",
+            file=sys.stderr,
+        )
+        return code
+    write_json(args.output, apply_results(coco, journal.done), protect=[args.annotations])
+    journal.remove()
+    refined = sum(len(results) for results in journal.done.values())
+    log.info("refined %d annotations of %d images into %s", refined, len(journal.done), args.output)
+    return _report_failures(failures, total, "images")
 
 
 # ------------------------------------------------------------------------------------------- soft
@@ -252,11 +425,9 @@ def _soft_features(args, image, shape):
     if choice == "none":
         return None, False
     if choice in ("auto", "embedding"):
-        from finecut.models.embedding import DEFAULT_EMBEDDING_WEIGHTS, load_embedding_model
-        from finecut.weights import WEIGHTS_DIR
+        from finecut.soft.semantic import embedding_features, has_embedded_embedding
 
-        weights = args.embedding
-        if weights is None and not (WEIGHTS_DIR / f"{DEFAULT_EMBEDDING_WEIGHTS}.json").is_file():
+        if args.embedding is None and not has_embedded_embedding():
             if choice == "embedding":
                 raise WeightsError(
                     "this finecut has no embedded embedding weights; pass --embedding FILE, "
@@ -267,10 +438,7 @@ def _soft_features(args, image, shape):
                 "features (pass --features FILE.npy for semantic features)"
             )
             return None, False
-        from finecut.devices import resolve_device
-
-        model = load_embedding_model(weights, resolve_device(args.device))
-        return model.embed(image), False
+        return embedding_features(image, weights=args.embedding, device=args.device), False
     path = Path(choice)
     if not path.is_file():
         raise ConfigError(
@@ -367,7 +535,7 @@ def _cmd_soft(args) -> int:
         warnings.simplefilter("always")
         result = soft_segment(
             work_image,
-            features,
+            "none" if features is None else features,
             n_layers=args.layers,
             mode=args.mode,
             progress=progress,
@@ -376,8 +544,6 @@ def _cmd_soft(args) -> int:
         )
     bar.close()
     for wmsg in caught:
-        if features is None and "no semantic features" in str(wmsg.message):
-            continue  # said above, once, in CLI words
         log.warning("%s", wmsg.message)
     alphas = result.alphas
     if alphas.shape[:2] != (h, w):
@@ -745,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_refine(sub)
+    _add_refine_coco(sub)
     _add_soft(sub)
     _add_train(sub)
     _add_eval(sub)

@@ -22,3 +22,7 @@ class ConfigError(FinecutError, ValueError):
 class ImageTooLargeError(ImageError):
     """An image has more pixels than the reader's ``max_pixels`` (or PIL's decompression-bomb
     limit): refused from its header, before any pixel is decoded."""
+
+
+class DependencyError(FinecutError, ImportError):
+    """An optional dependency a feature needs is not installed (the message says how to get it)."""

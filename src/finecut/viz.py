@@ -5,7 +5,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["LAYER_COLORS", "layer_colors", "overlay_mask", "side_by_side", "soft_composite"]
+from finecut.data.masks import binary_mask
+
+__all__ = [
+    "LAYER_COLORS",
+    "layer_colors",
+    "overlay_labels",
+    "overlay_mask",
+    "side_by_side",
+    "soft_composite",
+]
 
 #: Colours of the first soft layers (RGB), as in the figures of semantic soft segmentation.
 LAYER_COLORS = (
@@ -34,12 +43,11 @@ def overlay_mask(
     """Tint the foreground of ``mask`` over ``image`` and draw its outline.
 
     Shape:
-        image: (H, W, 3) uint8; mask: (H, W) bool/uint8/float (>= half its range is foreground)
-        -> (H, W, 3) uint8.
+        image: (H, W, 3) uint8; mask: (H, W) bool, 0/1, uint8 > 127 or float >= 0.5 is
+        foreground (:mod:`finecut.data.masks`) -> (H, W, 3) uint8.
     """
     image = np.asarray(image)
-    fg = mask > 127 if mask.dtype == np.uint8 else (mask >= 0.5 if mask.dtype.kind == "f" else mask)
-    fg = np.asarray(fg, dtype=bool)
+    fg = binary_mask(np.asarray(mask))
     if fg.shape != image.shape[:2]:
         raise ValueError(f"mask shape {fg.shape} does not match image shape {image.shape[:2]}")
     out = image.astype(np.float32)
@@ -49,6 +57,41 @@ def overlay_mask(
         thickness = max(2, round(max(image.shape[:2]) / 400))
     contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, outline, thickness, lineType=cv2.LINE_AA)
+    return out
+
+
+def overlay_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    alpha: float = 0.45,
+    thickness: int | None = None,
+) -> np.ndarray:
+    """Tint each instance of a label map (0 is background) in its own colour and outline it.
+
+    Colours are :func:`layer_colors` in the order of the labels' values.
+
+    Shape:
+        image: (H, W, 3) uint8; labels: (H, W) integer -> (H, W, 3) uint8.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels shape {labels.shape} does not match image {image.shape[:2]}")
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    out = image.astype(np.float32)
+    if thickness is None:
+        thickness = max(1, round(max(image.shape[:2]) / 600))
+    outlines = []
+    for label, color in zip(ids, layer_colors(len(ids)), strict=True):
+        fg = labels == label
+        out[fg] = (1 - alpha) * out[fg] + alpha * color.astype(np.float32)
+        contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        outlines.append((contours, tuple(int(c) for c in color)))
+    out = out.round().astype(np.uint8)
+    for contours, color in outlines:
+        cv2.drawContours(out, contours, -1, color, thickness, lineType=cv2.LINE_AA)
     return out
 
 

@@ -488,12 +488,13 @@ def test_mask_gray_soft_values_kept(tmp_path):
     np.testing.assert_array_equal(read_mask(save(tmp_path / "m.png", Image.fromarray(gray))), gray)
 
 
-def test_mask_zero_one_kept_and_warned(tmp_path, caplog):
+def test_mask_zero_one_kept_without_warning(tmp_path, caplog):
+    # a 0/1 mask is kept as is; finecut.data.masks reads it as binary (1 is foreground)
     gray = np.array([[0, 1], [1, 0]], np.uint8)
     with caplog.at_level(logging.WARNING, logger="finecut.data.io"):
         out = read_mask(save(tmp_path / "m01.png", Image.fromarray(gray)))
     np.testing.assert_array_equal(out, gray)
-    assert "m01.png" in caplog.text and "0 and 1" in caplog.text
+    assert caplog.text == ""
 
 
 def test_mask_rgb_equal_channels(tmp_path):
@@ -853,3 +854,108 @@ def test_import_is_light():
     code = "import sys, finecut.data; print('torch' in sys.modules, 'cv2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------- label maps
+
+
+def test_read_labels_gray_keeps_values(tmp_path):
+    labels = np.array([[0, 1, 2], [3, 200, 0]], np.uint8)
+    out = fio.read_labels(save(tmp_path / "l.png", Image.fromarray(labels)))
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_read_labels_palette_gives_indices(tmp_path):
+    index = np.array([[0, 1], [2, 2]], np.uint8)
+    im = Image.fromarray(index, mode="P")
+    im.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10])
+    np.testing.assert_array_equal(fio.read_labels(save(tmp_path / "p.png", im)), index)
+
+
+def test_read_labels_16bit(tmp_path):
+    labels = np.array([[0, 300], [65535, 7]], np.uint16)
+    path = tmp_path / "l16.png"
+    cv2.imwrite(str(path), labels)
+    out = fio.read_labels(path)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_read_labels_colour_coded(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 1] = (255, 0, 0)
+    rgb[1, 2] = (0, 0, 255)
+    rgb[1, 0] = (255, 0, 0)
+    out = fio.read_labels(save(tmp_path / "c.png", Image.fromarray(rgb)))
+    # black is 0; the others by their 0xRRGGBB value: blue (0x0000ff) 1, red (0xff0000) 2
+    np.testing.assert_array_equal(out, [[0, 2, 0], [2, 0, 1]])
+
+
+def test_read_labels_refuses_float_and_photos(tmp_path):
+    path = tmp_path / "f.tif"
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(path)
+    with pytest.raises(ImageError, match="not integer labels"):
+        fio.read_labels(path)
+    photo = RNG.integers(0, 256, (80, 80, 3), dtype=np.uint8)
+    with pytest.raises(ImageError, match="colours, more than 4096"):
+        fio.read_labels(save(tmp_path / "photo.png", Image.fromarray(photo)))
+
+
+def test_read_labels_size_checked(tmp_path):
+    path = save(tmp_path / "l.png", Image.fromarray(np.zeros((4, 5), np.uint8)))
+    with pytest.raises(ImageError, match=r"label map .* is 5x4 but image 'a.jpg' is 6x4"):
+        fio.read_labels(path, shape=(4, 6), image_path="a.jpg")
+
+
+@pytest.mark.parametrize(("top", "dtype"), [(9, np.uint8), (1000, np.uint16)])
+def test_write_labels_round_trip(tmp_path, top, dtype):
+    labels = np.array([[0, 1], [top, 2]], np.int64)
+    path = fio.write_labels(tmp_path / "out" / "l.png", labels)
+    out = fio.read_labels(path)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_write_labels_refusals(tmp_path):
+    with pytest.raises(ImageError, match="cannot hold labels above 255"):
+        fio.write_labels(tmp_path / "l.bmp", np.full((2, 2), 300))
+    with pytest.raises(ImageError, match="JPEG is lossy"):
+        fio.write_labels(tmp_path / "l.jpg", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="0..65535"):
+        fio.write_labels(tmp_path / "l.png", np.full((2, 2), -1))
+
+
+# ----------------------------------------------------------------------------- check_output
+
+
+def test_check_output_passes_a_new_file(tmp_path):
+    assert fio.check_output(tmp_path / "new" / "deeper" / "m.png") == tmp_path / "new/deeper/m.png"
+    assert not (tmp_path / "new").exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    ("name", "what", "match"),
+    [
+        ("out.txt", "mask", r"unknown extension \(\.txt\)"),
+        ("out.jpg", "mask", "JPEG is lossy"),
+        ("out.txt", "overlay", r"cannot write overlay .*unknown extension"),
+        ("folder", "mask", "it is a folder"),
+        ("exists.png", "mask", "already exists"),
+        ("input.png", "mask", "it is the input"),
+        ("afile/m.png", "mask", "is a file, not a folder"),
+    ],
+)
+def test_check_output_refusals(tmp_path, name, what, match):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "exists.png").write_bytes(b"x")
+    (tmp_path / "input.png").write_bytes(b"x")
+    (tmp_path / "afile").write_bytes(b"x")
+    with pytest.raises(ImageError, match=match):
+        fio.check_output(
+            tmp_path / name, what, overwrite=False, protect=[tmp_path / "input.png"]
+        )
+
+
+def test_check_output_any_extension(tmp_path):
+    assert fio.check_output(tmp_path / "a.json", "annotations", any_extension=True)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 
@@ -49,15 +47,35 @@ def test_binarize_rejects_nan_and_odd_dtypes() -> None:
         binarize(np.array([1 + 1j]))
 
 
-def test_binarize_warns_on_uint8_zero_one_mask(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="finecut.metrics.binary"):
-        out = binarize(np.array([0, 1], dtype=np.uint8), "gt")
-    assert not out.any()
-    assert "gt is uint8 with values in {0, 1}" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="finecut.metrics.binary"):
-        binarize(np.array([0, 255], dtype=np.uint8))
-    assert caplog.text == ""
+def test_binarize_uint8_zero_one_mask_is_binary() -> None:
+    out = binarize(np.array([0, 1, 1, 0], dtype=np.uint8), "gt")
+    np.testing.assert_array_equal(out, [False, True, True, False])
+    assert binarize(np.ones(3, np.uint8)).all()  # all 1: full, not nearly black
+    assert not binarize(np.zeros(3, np.uint8)).any()
+
+
+def test_binarize_uint8_label_map_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"gt holds 4 values \(0, 1, 2, 3\).*label map.*mask == k"):
+        binarize(np.array([0, 1, 2, 3], dtype=np.uint8), "gt")
+
+
+def test_binarize_uint8_soft_mask_keeps_threshold_128() -> None:
+    soft = np.arange(256, dtype=np.uint8)  # anti-aliased grey levels: not a label map
+    np.testing.assert_array_equal(binarize(soft), soft > 128)
+    trimap = np.array([0, 128, 255], np.uint8)
+    np.testing.assert_array_equal(binarize(trimap), [False, False, True])
+
+
+def test_metrics_read_a_zero_one_uint8_mask_like_bool() -> None:
+    from finecut.metrics import boundary_f, mba
+
+    gt = _square((40, 50), 5, 8, 20)
+    pred = _square((40, 50), 6, 9, 20)
+    gt01, pred01 = gt.astype(np.uint8), pred.astype(np.uint8)
+    assert iou(pred01, gt01) == iou(pred, gt) < 1.0
+    assert mba(pred01, gt01) == mba(pred, gt)
+    assert not np.isnan(mba(pred01, gt01))
+    assert boundary_f(pred01, gt01) == boundary_f(pred, gt)
 
 
 def test_binarize_accepts_torch_tensors() -> None:

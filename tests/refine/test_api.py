@@ -92,7 +92,10 @@ def test_as_rgb_bad_shape_is_refused(shape) -> None:
         (np.array([[0, 32767, 32768, 65535]], np.uint16), [False, False, True, True]),
         (np.array([[0.0, 0.4999, 0.5, 1.0]], np.float32), [False, False, True, True]),
         (np.array([[0.0, 0.4999, 0.5, 7.0]], np.float64), [False, False, True, True]),
-        (np.array([[0, -1, 1, 3]], np.int64), [False, False, True, True]),
+        (np.array([[0, -1, 100, 300]], np.int64), [False, False, True, True]),
+        (np.array([[0, 1, 1, 0]], np.uint8), [False, True, True, False]),
+        (np.array([[0, 1, 1, 0]], np.uint16), [False, True, True, False]),
+        (np.array([[0, 1, 1, 0]], np.int32), [False, True, True, False]),
         (np.array([[False, True, False, True]]), [False, True, False, True]),
     ],
 )
@@ -100,6 +103,25 @@ def test_as_mask_binarises_by_dtype(values, expected) -> None:
     out = as_mask(values)
     assert out.dtype == bool and out.shape == (1, 4)
     np.testing.assert_array_equal(out[0], expected)
+
+
+def test_as_mask_zero_one_uint8_is_binary_even_when_full() -> None:
+    assert as_mask(np.ones((2, 3), np.uint8)).all()
+    assert not as_mask(np.zeros((2, 3), np.uint8)).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_as_mask_label_map_is_refused(dtype) -> None:
+    labels = np.array([[0, 1], [2, 3]], dtype)
+    with pytest.raises(ImageError, match=r"4 values \(0, 1, 2, 3\).*label map.*refine_instances"):
+        as_mask(labels)
+
+
+def test_as_mask_soft_8bit_mask_is_thresholded_at_127() -> None:
+    soft = np.arange(256, dtype=np.uint8).reshape(16, 16)  # anti-aliased edge: every grey level
+    np.testing.assert_array_equal(as_mask(soft), soft > 127)
+    faint_edges = np.array([[0, 3, 60, 200, 255]], np.uint8)  # few grey levels, max > 64
+    np.testing.assert_array_equal(as_mask(faint_edges), [[False, False, False, True, True]])
 
 
 def test_as_mask_accepts_a_trailing_channel() -> None:
@@ -166,6 +188,13 @@ def test_refine_accepts_every_image_and_mask_form(refiner: Refiner) -> None:
     rgba = np.dstack([image, np.full(mask.shape, 255, np.uint8)])
     np.testing.assert_array_equal(refiner.refine(rgba, mask[..., None]), ref)
     np.testing.assert_array_equal(refiner.refine(image[..., 0], mask), ref)
+
+
+def test_refine_reads_a_zero_one_mask_like_0_255(refiner: Refiner) -> None:
+    image, mask = _scene()
+    ref = refiner.refine(image, mask)
+    np.testing.assert_array_equal(refiner.refine(image, (mask > 0).astype(np.uint8)), ref)
+    assert ref.any()
 
 
 @pytest.mark.parametrize("fill", [0, 255])

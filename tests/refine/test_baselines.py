@@ -297,12 +297,14 @@ def test_matting_argument_errors() -> None:
         matting_refine(image, coarse, band=1, method="lkm")
 
 
-def test_uint8_mask_of_ones_warns(caplog) -> None:
-    image, coarse = np.zeros((16, 16, 3)), _disk((16, 16), (8, 8), 5).astype(np.uint8)
-    with caplog.at_level(logging.WARNING, logger="finecut.refine.baselines"):
-        out = guided_filter_refine(image, coarse)
-    assert "only 0 and 1" in caplog.text
-    assert not out.any()
+def test_uint8_zero_one_mask_is_binary_and_label_maps_are_refused() -> None:
+    image, coarse = np.zeros((16, 16, 3)), _disk((16, 16), (8, 8), 5)
+    np.testing.assert_array_equal(
+        guided_filter_refine(image, coarse.astype(np.uint8)),
+        guided_filter_refine(image, coarse.astype(np.uint8) * 255),
+    )
+    with pytest.raises(ImageError, match="label map"):
+        guided_filter_refine(image, coarse.astype(np.uint8) * 2 + coarse.T)
 
 
 def test_default_sizes_scale_with_image() -> None:

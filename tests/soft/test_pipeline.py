@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
 
-from finecut.errors import ConfigError, ImageError
+from finecut.errors import ConfigError, ImageError, WeightsError
 from finecut.soft import FAITHFUL, FAST, SoftConfig, soft_segment
 from tests.soft._synthetic import blocks
 
@@ -79,11 +80,65 @@ def test_raw_features_and_uint8_image() -> None:
     assert result.features.min() >= 0 and result.features.max() <= 1
 
 
-def test_missing_features_warn_and_fall_back() -> None:
+def test_colour_only_is_an_explicit_choice() -> None:
     image, _, labels = blocks()
-    with pytest.warns(UserWarning, match="no semantic features"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen, so no warning
+        result = soft_segment(image, "none", n_layers=4)
+    _check_invariants(result.alphas, labels.shape, 4)
+
+
+@pytest.mark.parametrize("features", [None, "auto", "embedding"])
+def test_without_features_the_embedding_network_is_used(monkeypatch, features) -> None:
+    """soft_segment(image) computes features like `finecut soft --features auto`."""
+    import finecut.soft.semantic as semantic
+
+    image, feats, labels = blocks()
+    seen = []
+
+    def fake_embedding(rgb, *, weights=None, device=None):
+        seen.append((rgb.dtype, rgb.shape, weights, device))
+        return np.repeat(feats, 3, axis=2)  # raw (H, W, 9) "embeddings"
+
+    monkeypatch.setattr(semantic, "embedding_features", fake_embedding)
+    kwargs = {} if features is None else {"features": features}
+    result = soft_segment(image, n_layers=4, device="cpu", **kwargs)
+    assert seen == [(np.dtype(np.uint8), (*labels.shape, 3), None, "cpu")]
+    _check_invariants(result.alphas, labels.shape, 4)
+
+
+def test_without_embedding_weights_auto_warns_and_embedding_refuses(monkeypatch) -> None:
+    import finecut.soft.semantic as semantic
+
+    monkeypatch.setattr(semantic, "has_embedded_embedding", lambda: False)
+    image, _, labels = blocks()
+    with pytest.warns(UserWarning, match="no embedded embedding network"):
         result = soft_segment(image, n_layers=4)
     _check_invariants(result.alphas, labels.shape, 4)
+    with pytest.raises(WeightsError, match="features='none'"):
+        soft_segment(image, "embedding", n_layers=4)
+
+
+def test_unknown_features_name_is_refused() -> None:
+    image, _, _ = blocks()
+    with pytest.raises(ConfigError, match="one of auto, embedding, none"):
+        soft_segment(image, "colour")
+
+
+def test_auto_features_are_the_embedded_network_s() -> None:
+    """The real network, once: soft_segment(image) == soft_segment(image, embed(image))."""
+    from finecut.models.embedding import DEFAULT_EMBEDDING_WEIGHTS, load_embedding_model
+    from finecut.soft.semantic import DEFAULT_EMBEDDING, has_embedded_embedding
+
+    assert DEFAULT_EMBEDDING == DEFAULT_EMBEDDING_WEIGHTS
+    if not has_embedded_embedding():
+        pytest.skip("this finecut ships no embedding weights")
+    image, _, _ = blocks()
+    rgb = (image * 255).round().astype(np.uint8)
+    auto = soft_segment(rgb, n_layers=3, device="cpu")
+    given = soft_segment(rgb, load_embedding_model().embed(rgb), n_layers=3)
+    np.testing.assert_allclose(auto.features, given.features, atol=1e-6)
+    np.testing.assert_allclose(auto.alphas, given.alphas, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["fast", "faithful"])
@@ -141,3 +196,12 @@ def test_bad_options_raise_config_error() -> None:
     for bad in (0, 2.5, True):
         with pytest.raises(ConfigError, match="n_layers"):
             soft_segment(image, feats, n_layers=bad)  # type: ignore[arg-type]
+
+
+def test_import_stays_free_of_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, finecut.soft; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

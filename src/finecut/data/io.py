@@ -33,7 +33,8 @@ file holds                            what ``read_mask`` returns
 ====================================  =========================================================
 alpha channel not all opaque          the alpha IS the mask (a cut-out PNG); colour ignored
 (RGBA, LA, PA, palette transparency)
-grayscale ``L``                       as is (a mask holding only 0 and 1 is kept, and logged)
+grayscale ``L``                       as is (a 0/1 mask stays 0/1: :mod:`finecut.data.masks`
+                                      reads it as binary, 1 is foreground)
 1-bit ``1``                           0 / 255
 16-bit / ``I`` / ``F``                the image rules above (``round(x / 257)`` etc.)
 RGB, all channels equal               that channel
@@ -45,6 +46,13 @@ palette ``P`` with coloured entries   index 0 -> 0, any other index -> 255 (VOC-
                                       masks: every labelled class, and VOC's 255 'void'
                                       outline, counts as foreground)
 ====================================  =========================================================
+
+A mask holding only 0 and 1 keeps those values; :mod:`finecut.data.masks` is the rule every
+consumer (CLI, ``Refiner``, metrics) then binarises it by (0/1 is binary, a label map is refused,
+8-bit masks are foreground above 127). Label maps, with one integer per object, are read with
+their raw values by :func:`read_labels` and written, 8- or 16-bit, by :func:`write_labels`.
+:func:`check_output` and :func:`check_output_folder` make the writers' checks on a destination
+before any work is done.
 
 Size limit: images with more than ``max_pixels`` pixels are refused from the header alone,
 before any pixel is decoded. The default, ``DEFAULT_MAX_PIXELS = 2**27`` (134,217,728, e.g.
@@ -88,11 +96,15 @@ __all__ = [
     "MASK_WRITE_EXTENSIONS",
     "decode_image",
     "decode_mask",
+    "check_output",
+    "check_output_folder",
     "list_images",
     "pair_by_stem",
     "read_image",
+    "read_labels",
     "read_mask",
     "write_image",
+    "write_labels",
     "write_mask",
 ]
 
@@ -210,12 +222,115 @@ def read_mask(
         shape = _check_shape_arg(shape)
     px = _decode(path, "mask", max_pixels)
     mask = _mask_from_pixels(px, path)
-    if shape is not None and mask.shape != shape:
-        h, w = mask.shape
+    _check_size(mask, shape, path, image_path, "mask")
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def read_labels(
+    path: StrPath,
+    *,
+    shape: tuple[int, int] | None = None,
+    image_path: StrPath | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read a label map (one integer per object or class; 0 is background) with its raw values.
+
+    ============================  ============================================================
+    file holds                    labels
+    ============================  ============================================================
+    grayscale ``L``               the values (uint8)
+    1-bit ``1``                   0 / 1
+    palette ``P``, ``PA``         the palette indices (the colours are ignored)
+    16-bit gray, 32-bit ``I``     the values as uint16 (``I`` must lie in 0..65535)
+    ``LA``                        the grey values; the alpha is ignored
+    RGB(A), channels equal        the channel (uint8)
+    RGB(A), coloured              each distinct colour one label: black is 0, the others
+                                  1..N in the order of their ``0xRRGGBB`` value (uint8, or
+                                  uint16 above 255 colours); more than 4096 colours is
+                                  refused (a photo or a lossy file, not a label map)
+    float ``F``, 16-bit colour    refused
+    ============================  ============================================================
+
+    Args:
+        path: the label file (PNG, TIFF, BMP, WebP, GIF; any lossless format).
+        shape: ``(H, W)`` it must have; None skips the check.
+        image_path: the image it belongs to, for the size-mismatch message.
+        max_pixels: as for :func:`read_image`.
+
+    Returns:
+        ``(H, W)`` uint8 or uint16 labels.
+
+    Raises:
+        ImageError: unreadable file, a mode that holds no labels, or a size other than
+            ``shape``.
+
+    Shape:
+        Output: ``(H, W)``.
+    """
+    if shape is not None:
+        shape = _check_shape_arg(shape)
+    labels = _decode(path, "label map", max_pixels, convert=_labels_from_pil).color
+    _check_size(labels, shape, path, image_path, "label map")
+    return np.ascontiguousarray(labels)
+
+
+#: Most colours a colour-coded label map may hold.
+MAX_LABEL_COLOURS = 4096
+
+
+def _labels_from_pil(im: Image.Image, path: StrPath, kind: str) -> _Pixels:
+    mode = im.mode
+    if mode == "1":
+        return _Pixels(np.asarray(im, dtype=bool).astype(np.uint8))
+    if mode in ("L", "P"):
+        return _Pixels(np.asarray(im, dtype=np.uint8))
+    if mode in ("LA", "PA"):
+        return _Pixels(np.asarray(im, dtype=np.uint8)[:, :, 0])
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):
+            raise ImageError(f"cannot read {kind} {_q(path)}: labels must lie in 0..65535")
+        return _Pixels(values.astype(np.uint16))
+    if mode in ("RGB", "RGBA"):
+        rgb = np.asarray(im, dtype=np.uint8)[:, :, :3]
+        if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(
+            rgb[:, :, 1], rgb[:, :, 2]
+        ):
+            return _Pixels(np.ascontiguousarray(rgb[:, :, 0]))
+        return _Pixels(_labels_from_colours(rgb, path, kind))
+    raise ImageError(
+        f"cannot read {kind} {_q(path)}: its pixels ({mode}) are not integer labels; save the "
+        "label map as an 8- or 16-bit grey or palette PNG"
+    )
+
+
+def _labels_from_colours(rgb: np.ndarray, path: StrPath, kind: str) -> np.ndarray:
+    packed = (rgb[:, :, 0].astype(np.uint32) << 16) | (rgb[:, :, 1].astype(np.uint32) << 8)
+    packed |= rgb[:, :, 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    if len(colours) > MAX_LABEL_COLOURS:
+        raise ImageError(
+            f"cannot read {kind} {_q(path)}: it holds {len(colours):,} colours, more than "
+            f"{MAX_LABEL_COLOURS} (a photo or a lossy file, not a colour-coded label map)"
+        )
+    # colours are sorted, so black (0) is first when present and takes label 0
+    ids = inverse.reshape(packed.shape) + (0 if colours[0] == 0 else 1)
+    log.info("%s %s: %d colours read as labels", kind, _q(path), len(colours))
+    return ids.astype(np.uint8 if ids.max() <= 255 else np.uint16)
+
+
+def _check_size(
+    array: np.ndarray,
+    shape: tuple[int, int] | None,
+    path: StrPath,
+    image_path: StrPath | None,
+    kind: str,
+) -> None:
+    if shape is not None and array.shape[:2] != shape:
+        h, w = array.shape[:2]
         want = f"{shape[1]}x{shape[0]}"
         other = f"{want} is expected" if image_path is None else f"image {_q(image_path)} is {want}"
-        raise ImageError(f"mask {_q(path)} is {w}x{h} but {other}")
-    return np.ascontiguousarray(mask, dtype=np.uint8)
+        raise ImageError(f"{kind} {_q(path)} is {w}x{h} but {other}")
 
 
 def _check_shape_arg(shape: Any) -> tuple[int, int]:
@@ -245,12 +360,6 @@ def _mask_from_pixels(px: _Pixels, path: StrPath) -> np.ndarray:
             color = color[:, :, 0]
         else:
             color = color.max(axis=2)
-    if int(color.max()) == 1:
-        log.warning(
-            "mask %s only holds the values 0 and 1 (read as is: 1 of 255, nearly black); "
-            "save foreground as 255 if it is a 0/1 label mask",
-            _q(path),
-        )
     return color
 
 
@@ -326,8 +435,11 @@ def _decode_bytes(data: bytes, name: str, kind: str, max_pixels: int) -> _Pixels
         return _decode_open(io.BytesIO(data), name, kind, max_pixels)
 
 
-def _decode(path: StrPath, kind: str, max_pixels: int) -> _Pixels:
-    """Open, check and fully decode one file into oriented uint8 planes; ImageError on failure."""
+def _decode(path: StrPath, kind: str, max_pixels: int, convert=None) -> _Pixels:
+    """Open, check and fully decode one file into oriented uint8 planes; ImageError on failure.
+
+    ``convert(im, path, kind) -> _Pixels`` replaces the image/mask conversion (label maps keep
+    their raw values)."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}")
     name = _q(path)
@@ -339,7 +451,7 @@ def _decode(path: StrPath, kind: str, max_pixels: int) -> _Pixels:
             # Our own max_pixels check below is the one that decides; PIL's warning would only
             # frighten users of large (but allowed) photos.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _decode_open(fh, path, kind, max_pixels)
+            return _decode_open(fh, path, kind, max_pixels, convert)
     finally:
         fh.close()
 
@@ -358,7 +470,9 @@ def _open_file(path: StrPath, kind: str) -> IO[bytes]:
         raise ImageError(f"cannot read {kind} {name}: {exc.strerror or exc}") from exc
 
 
-def _decode_open(fh: IO[bytes], path: StrPath, kind: str, max_pixels: int) -> _Pixels:
+def _decode_open(
+    fh: IO[bytes], path: StrPath, kind: str, max_pixels: int, convert=None
+) -> _Pixels:
     name = _q(path)
     try:
         im = Image.open(fh)
@@ -383,9 +497,14 @@ def _decode_open(fh: IO[bytes], path: StrPath, kind: str, max_pixels: int) -> _P
             )
         _note_frames(im, path, kind)
         high_precision = _is_16bit_color(im)
+        if high_precision and convert is not None:
+            raise ImageError(
+                f"cannot read {kind} {name}: 16-bit colour pixels are not integer labels; save "
+                "the label map as an 8- or 16-bit grey or palette PNG"
+            )
         try:
             im.load()
-            px = _pixels_from_pil(im, path, kind)
+            px = (convert or _pixels_from_pil)(im, path, kind)
         except ImageError:
             raise
         except Image.DecompressionBombError as exc:
@@ -652,6 +771,128 @@ def write_image(
     return _atomic_write(path, Image.fromarray(data), fmt, overwrite, protect, "image")
 
 
+def write_labels(
+    path: StrPath,
+    labels: np.ndarray,
+    *,
+    overwrite: bool = True,
+    protect: Iterable[StrPath] = (),
+) -> Path:
+    """Write a label map atomically, 8-bit when every label is <= 255, else 16-bit.
+
+    Args:
+        path: destination: ``.png`` or ``.tif``/``.tiff`` (``.bmp``/``.webp`` only for 8-bit
+            labels).
+        labels: ``(H, W)`` bool or integer labels in 0..65535.
+        overwrite: False refuses an existing destination.
+        protect: paths the destination must not be.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        ImageError: as for :func:`write_mask`, or 16-bit labels for a format without 16-bit.
+        ValueError: wrong shape, dtype or range.
+
+    Shape:
+        labels: ``(H, W)``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or 0 in labels.shape:
+        raise ValueError(f"labels must have shape (H, W) with H, W >= 1; got {labels.shape}")
+    if labels.dtype != np.bool_ and labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be bool or integer; got dtype {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"labels must lie in 0..65535; got {lo}..{hi}")
+    fmt = _format_for(path, "label map")
+    if hi <= 255:
+        im = Image.fromarray(labels.astype(np.uint8))
+    elif fmt in ("PNG", "TIFF"):
+        im = Image.fromarray(labels.astype(np.uint16))
+    else:
+        raise ImageError(
+            f"cannot write label map {_q(path)}: {fmt} cannot hold labels above 255 (the "
+            f"largest is {hi}); use .png or .tif"
+        )
+    return _atomic_write(path, im, fmt, overwrite, protect, "label map")
+
+
+def check_output(
+    path: StrPath,
+    what: str = "mask",
+    *,
+    overwrite: bool = True,
+    protect: Iterable[StrPath] = (),
+    any_extension: bool = False,
+) -> Path:
+    """Check, before any work, that a file could be written to ``path`` as the writers would.
+
+    Catches what would otherwise fail only after the work: an extension the writer refuses
+    (``what`` "image" or "overlay": the image formats of :func:`write_image`; anything else:
+    the lossless formats of :func:`write_mask`; ``any_extension=True``: no rule, e.g. for a
+    JSON file), an output that is an input (``protect``), a folder, an existing file with
+    ``overwrite=False``, and a parent that is a file or a folder that is not writable.
+    Nothing is created.
+
+    Args:
+        path: the output file.
+        what: its name in messages ("mask", "label map", "image", "overlay", ...).
+        overwrite: False refuses an existing file.
+        protect: paths it must not be (the inputs).
+        any_extension: skip the extension rule.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        ImageError: the reason, naming the path.
+    """
+    dest = Path(path)
+    _check_destination(dest, protect, overwrite, what)
+    if not any_extension:
+        _format_for(dest, what)
+    _check_creatable(dest.parent, dest, what)
+    return dest
+
+
+def check_output_folder(folder: StrPath, what: str = "output") -> Path:
+    """Check, before any work, that files can be written into ``folder`` (made if missing).
+
+    Raises:
+        ImageError: ``folder`` is a file, or it or its nearest existing parent is not a
+            writable folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageError(f"{what} {_q(folder)} is a file; folder mode writes into a folder")
+    _check_creatable(folder, folder, what)
+    return folder
+
+
+def _check_creatable(folder: Path, dest: Path, what: str) -> None:
+    """``folder`` exists as a writable folder, or could be made in its nearest existing parent."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ImageError(f"cannot write {what} {_q(dest)}: {_q(ancestor)} is a file, not a folder")
+    if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ImageError(f"cannot write {what} {_q(dest)}: folder {_q(ancestor)} is not writable")
+
+
+def _check_destination(
+    dest: Path, protect: Iterable[StrPath], overwrite: bool, what: str
+) -> None:
+    _check_protect(dest, protect, what)
+    if dest.is_dir():
+        raise ImageError(f"cannot write {what} {_q(dest)}: it is a folder")
+    if not overwrite and os.path.lexists(dest):
+        raise ImageError(
+            f"refusing to write {what} {_q(dest)}: the file already exists (overwrite is off)"
+        )
+
+
 def _to_uint8(array: np.ndarray, what: str, channels: tuple[int | None, ...]) -> np.ndarray:
     shapes = " or ".join("(H, W)" if c is None else f"(H, W, {c})" for c in channels)
     if not isinstance(array, np.ndarray):
@@ -675,13 +916,16 @@ def _to_uint8(array: np.ndarray, what: str, channels: tuple[int | None, ...]) ->
 
 
 def _format_for(path: StrPath, what: str) -> str:
+    """The format of ``path``'s extension; ``what`` "image" or "overlay" allow JPEG, the others
+    (mask, label map) only lossless formats."""
     ext = Path(path).suffix.lower()
-    formats = _MASK_FORMATS if what == "mask" else _IMAGE_FORMATS
+    lossless = what not in ("image", "overlay")
+    formats = _MASK_FORMATS if lossless else _IMAGE_FORMATS
     if ext in formats:
         return formats[ext]
-    if what == "mask" and ext in _IMAGE_FORMATS:
+    if lossless and ext in _IMAGE_FORMATS:
         raise ImageError(
-            f"cannot write mask {_q(path)}: JPEG is lossy and would change mask values along "
+            f"cannot write {what} {_q(path)}: JPEG is lossy and would change mask values along "
             f"every edge; use one of {', '.join(MASK_WRITE_EXTENSIONS)}"
         )
     shown = ext or "no extension"
@@ -730,13 +974,7 @@ def _atomic_write(
     what: str,
 ) -> Path:
     dest = Path(path)
-    _check_protect(dest, protect, what)
-    if dest.is_dir():
-        raise ImageError(f"cannot write {what} {_q(dest)}: it is a folder")
-    if not overwrite and os.path.lexists(dest):
-        raise ImageError(
-            f"refusing to write {what} {_q(dest)}: the file already exists (overwrite is off)"
-        )
+    _check_destination(dest, protect, overwrite, what)
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

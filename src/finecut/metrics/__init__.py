@@ -7,7 +7,9 @@
 - Boundaries (:mod:`finecut.metrics.boundary`): CascadePSP's :func:`mba` with :func:`mba_radii`,
   and the boundary F-measure :func:`boundary_f` on :func:`mask_boundary`.
 
-Every function takes numpy arrays or anything ``np.asarray`` accepts (CPU torch tensors too).
+Every function takes numpy arrays or anything ``np.asarray`` accepts (CPU torch tensors too). A
+uint8 mask of 0s and 1s is a binary mask; a uint8 label map (other values, none above 64) is
+refused as a binary mask (:func:`binarize`, :mod:`finecut.data.masks`).
 """
 
 from __future__ import annotations

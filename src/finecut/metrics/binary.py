@@ -7,13 +7,12 @@ and ``util/metrics_compute.py`` thresholds float predictions with ``> 0.5``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from finecut.data.masks import binary_mask
 
 __all__ = ["IoUAccumulator", "binarize", "dataset_iou", "iou", "iou_counts"]
 
@@ -21,6 +20,7 @@ __all__ = ["IoUAccumulator", "binarize", "dataset_iou", "iou", "iou_counts"]
 UINT8_THRESHOLD = 128
 #: float masks are foreground where ``value > FLOAT_THRESHOLD`` (CascadePSP ``metrics_compute.py``).
 FLOAT_THRESHOLD = 0.5
+_LABEL_HINT = "compare one label at a time (mask == k) or use finecut.metrics.miou"
 
 
 def as_array(x: Any, name: str) -> np.ndarray:
@@ -49,12 +49,15 @@ def check_same_shape(pred: np.ndarray, gt: np.ndarray, *, ndim: int | None = Non
 def binarize(mask: Any, name: str = "mask") -> np.ndarray:
     """Turn a mask into a bool array with CascadePSP's evaluation thresholds.
 
-    Rules, by dtype:
+    Rules, by dtype (the integer rules are :mod:`finecut.data.masks`', shared with the CLI and
+    ``Refiner.refine``):
 
     - ``bool``: used as is.
-    - ``uint8``: foreground where ``value > 128`` (CascadePSP ``eval_post.py``; a 0/255 PNG mask).
-      A uint8 mask whose values are all 0 or 1 is therefore all background; a warning is logged
-      because that is almost always a 0/1 label map passed by mistake (pass it as bool).
+    - ``uint8`` whose values are all 0 or 1: a 0/1 binary mask, 1 is foreground.
+    - ``uint8`` holding other values, none above 64 (:data:`finecut.data.masks.LABEL_MAX`): a
+      label map, ValueError (compare one label at a time, ``mask == k``, or use :func:`miou`).
+    - other ``uint8``: foreground where ``value > 128`` (CascadePSP ``eval_post.py``; a 0/255
+      PNG mask or an 8-bit soft mask).
     - floating point: foreground where ``value > 0.5`` (CascadePSP ``util/metrics_compute.py``);
       NaN raises ValueError.
     - any other integer dtype: must hold only 0 and 1 (a label map), else ValueError.
@@ -72,27 +75,17 @@ def binarize(mask: Any, name: str = "mask") -> np.ndarray:
     arr = as_array(mask, name)
     if arr.dtype == np.bool_:
         return arr
-    if arr.dtype == np.uint8:
-        out = arr > UINT8_THRESHOLD
-        if arr.size and not out.any() and arr.max() == 1:
-            logger.warning(
-                "%s is uint8 with values in {0, 1}: uint8 masks are binarised with > %d, so it "
-                "counts as all background; pass a bool array for a 0/1 mask",
-                name,
-                UINT8_THRESHOLD,
-            )
-        return out
     if np.issubdtype(arr.dtype, np.floating):
         if np.isnan(arr).any():
             raise ValueError(f"{name} contains NaN")
         return arr > FLOAT_THRESHOLD
     if np.issubdtype(arr.dtype, np.integer):
-        if arr.size and (arr.min() < 0 or arr.max() > 1):
+        if arr.dtype != np.uint8 and arr.size and (arr.min() < 0 or arr.max() > 1):
             raise ValueError(
                 f"{name} has dtype {arr.dtype} and values outside {{0, 1}} "
                 f"(min {arr.min()}, max {arr.max()}); integer masks other than uint8 must be 0/1"
             )
-        return arr.astype(bool)
+        return binary_mask(arr, name=name, hint=_LABEL_HINT, uint8_threshold=UINT8_THRESHOLD)
     raise TypeError(f"{name} must have a bool, integer or float dtype, got {arr.dtype}")
 
 

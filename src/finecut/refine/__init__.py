@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from finecut.refine.api import Refiner, refine
     from finecut.refine.inference import InferenceConfig
+    from finecut.refine.instances import InstanceConfig
 
-__all__ = ["InferenceConfig", "Refiner", "refine"]
+__all__ = ["InferenceConfig", "InstanceConfig", "Refiner", "refine"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from finecut.refine.inference import InferenceConfig
 
         return InferenceConfig
+    if name == "InstanceConfig":
+        from finecut.refine.instances import InstanceConfig
+
+        return InstanceConfig
     raise AttributeError(f"module 'finecut.refine' has no attribute {name!r}")
 
 

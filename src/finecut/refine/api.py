@@ -13,16 +13,21 @@ import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from finecut.data.masks import binary_mask
 from finecut.errors import ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
 from finecut.models.fold import fold_batchnorm
 from finecut.refine.inference import InferenceConfig, gate_changes, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
 from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from finecut.refine.instances import InstanceConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +112,19 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def as_mask(mask: np.ndarray) -> np.ndarray:
-    """Binarise a mask: bool as is; uint8 > 127; uint16 > 32767; float >= 0.5. -> bool (H, W)."""
+    """Binarise a mask -> bool (H, W); the rule is :mod:`finecut.data.masks`'.
+
+    bool as is; integer masks whose values are all 0 or 1 are 0/1 masks (1 is foreground);
+    integer masks holding other values, none above 64, are label maps and raise ImageError
+    (refine them with :meth:`Refiner.refine_instances`); otherwise uint8 > 127, uint16 > 32767,
+    other integers > 0; float >= 0.5.
+    """
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
     if mask.ndim != 2:
         raise ImageError(f"mask must be (H, W), got shape {mask.shape}")
-    if mask.dtype == bool:
-        return mask
-    if mask.dtype == np.uint8:
-        return mask > 127
-    if mask.dtype == np.uint16:
-        return mask > 32767
-    if mask.dtype.kind == "f":
-        return mask >= 0.5
-    if mask.dtype.kind in "iu":
-        return mask > 0
-    raise ImageError(f"mask dtype {mask.dtype} is not supported")
+    return binary_mask(mask)
 
 
 class Refiner:
@@ -170,7 +171,8 @@ class Refiner:
 
         Args:
             image: (H, W, 3) RGB (uint8, uint16 or float in [0, 1]; grey and RGBA accepted).
-            mask: (H, W) coarse mask (bool, uint8 > 127, or float >= 0.5 is foreground).
+            mask: (H, W) coarse mask: bool, 0/1 integers, uint8 > 127 (0/255 or soft 8-bit),
+                or float >= 0.5 is foreground; a label map is refused (see :func:`as_mask`).
             soft: return the float32 probability instead of a uint8 0/255 mask.
             full_query: override the config's ``full_query`` (CRM's query-everything inference).
             snap: override the config's ``snap`` (edge snapping after CRM, on by default).
@@ -205,6 +207,28 @@ class Refiner:
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
+
+    def refine_instances(
+        self,
+        image: np.ndarray,
+        masks: np.ndarray,
+        *,
+        config: InstanceConfig | None = None,
+        full_query: bool | None = None,
+        snap: bool | None = None,
+    ) -> np.ndarray:
+        """Refine many instances at once: (N, H, W) bool stack or (H, W) label map in, same out.
+
+        Each instance is refined in its bounding box plus a margin (``soft=True``); a pixel
+        claimed by several goes to the highest refined probability if above 0.5, else to the
+        background. See :func:`finecut.refine.instances.refine_instances` (``config`` is its
+        :class:`~finecut.refine.instances.InstanceConfig`).
+        """
+        from finecut.refine.instances import refine_instances
+
+        return refine_instances(
+            self, image, masks, config=config, full_query=full_query, snap=snap
+        )
 
 
     def _refine_stages(

@@ -43,6 +43,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from finecut.data.masks import binary_mask
 from finecut.errors import ImageError
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,11 @@ def _as_float_image(image: np.ndarray) -> np.ndarray:
 
 
 def _as_float_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) or (H, W, 1) bool / uint8 (0..255) / float in [0, 1] -> float64 (H, W) in [0, 1]."""
+    """(H, W) or (H, W, 1) bool / uint8 (0/1, or 0..255) / float in [0, 1] -> float64 (H, W).
+
+    A uint8 mask of 0s and 1s is a 0/1 mask and a label map is refused
+    (:mod:`finecut.data.masks`); other uint8 masks keep their soft values, / 255.
+    """
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
@@ -111,8 +116,8 @@ def _as_float_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if mask.dtype == bool:
         return mask.astype(np.float64)
     if mask.dtype == np.uint8:
-        if mask.max(initial=0) == 1:
-            log.warning("uint8 coarse mask holds only 0 and 1; uint8 masks are read as 0..255")
+        if mask.max(initial=0) <= 64:  # 0/1 mask, or a label map (refused)
+            return binary_mask(mask, name="coarse mask").astype(np.float64)
         return mask.astype(np.float64) / 255.0
     if mask.dtype.kind == "f":
         if not np.isfinite(mask).all():

@@ -21,6 +21,7 @@ import numpy as np
 
 from finecut.data.folders import find_pairs
 from finecut.data.io import read_image, read_mask
+from finecut.data.masks import binary_mask
 from finecut.errors import ConfigError, ImageError
 from finecut.metrics import iou_counts, mba
 
@@ -139,12 +140,16 @@ def evaluate_refine(
         iterator = tqdm(pairs, unit="img")
     for img_path, gt_path in iterator:
         image = read_image(img_path)
-        gt = read_mask(gt_path, shape=image.shape[:2], image_path=img_path) > 127
+        gt = binary_mask(
+            read_mask(gt_path, shape=image.shape[:2], image_path=img_path), name=str(gt_path)
+        )
         if coarse_dir is not None:
             cpath = next(iter(sorted(Path(coarse_dir).glob(f"{img_path.stem}.*"))), None)
             if cpath is None:
                 raise ImageError(f"no coarse mask for {img_path.name} in {str(coarse_dir)!r}")
-            coarse = read_mask(cpath, shape=image.shape[:2], image_path=img_path) > 127
+            coarse = binary_mask(
+                read_mask(cpath, shape=image.shape[:2], image_path=img_path), name=str(cpath)
+            )
         else:
             coarse = synth_coarse(gt, img_path.stem, seed)
         if upscale != 1.0:

@@ -40,15 +40,16 @@ than asked (e.g. a plain colour).
 
 Features: pass the paper's raw per-pixel embedding (any D, preprocessed here: clip, guided
 filter, PCA to 3, [0, 1]) or, with ``preprocessed=True``, features already reduced to 3 channels
-in [0, 1] (e.g. the right half of the authors' ``docia.png``). Without features the pipeline
-warns and uses colour + position features.
+in [0, 1] (e.g. the right half of the authors' ``docia.png``). Without features (``"auto"``, the
+default, or None) the pipeline runs finecut's embedding network (``embedding_lite0``, shipped
+in the package), like ``finecut soft --features auto``; ``features="none"`` is the explicit
+choice of colour + position features (:mod:`finecut.soft.semantic`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -61,6 +62,7 @@ from finecut.soft import affinities, eigen, grouping, laplacian, sparsify
 from finecut.soft._kmeans import weighted_kmeans
 from finecut.soft.features import GUIDE_EPS, GUIDE_RADIUS, fallback_features, preprocess_features
 from finecut.soft.lift import lift_to_pixels
+from finecut.soft.semantic import FEATURE_CHOICES, semantic_features
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +241,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def _check_features(
     features: np.ndarray | None, image: np.ndarray, preprocessed: bool, config: SoftConfig
 ) -> np.ndarray:
-    if features is None:
-        warnings.warn(
-            "soft_segment: no semantic features given; using colour + position features, so "
-            "layers follow colours rather than objects",
-            UserWarning,
-            stacklevel=3,
-        )
+    if features is None:  # colour + position, chosen (features="none") or fallen back to
         return _preprocess(fallback_features(image), image, config)
     features = np.asarray(features)
     if features.ndim == 2:
@@ -326,7 +322,7 @@ def _finalise(alphas: np.ndarray, threshold: float) -> np.ndarray:
 
 def soft_segment(
     image: np.ndarray,
-    features: np.ndarray | None = None,
+    features: np.ndarray | str | None = "auto",
     n_layers: int = 5,
     mode: Mode = "fast",
     progress: Progress | None = None,
@@ -334,19 +330,25 @@ def soft_segment(
     preprocessed: bool = False,
     config: SoftConfig | None = None,
     seed: int = 0,
+    embedding_weights: str | None = None,
+    device: str | None = None,
 ) -> SoftSegmentation:
     """Semantic soft segmentation of an image (Aksoy et al., SIGGRAPH 2018).
 
     Shape:
         - image: (H, W, 3) uint8, uint16 or float in [0, 1], H, W >= 8.
         - features: (H, W, D) raw features (any D), or (H, W, 3) in [0, 1] with
-          ``preprocessed=True``, or None.
+          ``preprocessed=True``, or one of "auto", "embedding", "none".
         - output: ``SoftSegmentation.alphas`` (H, W, K) float32, K = ``n_layers`` when the
           image holds that many regions.
 
     Args:
         image: the RGB image.
-        features: per-pixel semantic features; None falls back to colour + position (warns).
+        features: per-pixel semantic features, or how to get them: ``"auto"`` (default; None
+            means the same) computes them with finecut's embedded embedding network, as
+            ``finecut soft --features auto`` does (falling back to colour + position, with a
+            warning, only if this finecut has no embedding weights); ``"embedding"`` never
+            falls back; ``"none"`` uses colour + position features (layers follow colours).
         n_layers: layers wanted (5).
         mode: ``"fast"`` (default) or ``"faithful"`` (the paper's constants at full resolution;
             minutes per image).
@@ -354,13 +356,16 @@ def soft_segment(
         preprocessed: the features are already the paper's 3-D [0, 1] features.
         config: replaces the mode's settings (``mode`` is then ignored).
         seed: seeds k-means and the eigensolver; equal seeds give equal results.
+        embedding_weights: weights of the embedding network instead of the embedded ones.
+        device: device of the embedding network (None: CUDA when available).
 
     Returns:
         The layers and per-step timings.
 
     Raises:
         ImageError: an image or features of the wrong shape, dtype or range.
-        ConfigError: an unknown mode or a bad ``n_layers``.
+        ConfigError: an unknown mode, features name or a bad ``n_layers``.
+        WeightsError: ``features="embedding"`` without embedding weights.
     """
     if config is None:
         if mode not in _MODES:
@@ -371,19 +376,41 @@ def soft_segment(
     if isinstance(n_layers, bool) or not isinstance(n_layers, int | np.integer) or n_layers < 1:
         raise ConfigError(f"n_layers must be an integer >= 1, got {n_layers!r}")
     n_layers = int(n_layers)
+    source: _FeatureSource | np.ndarray
+    if features is None or isinstance(features, str):
+        choice = features or "auto"
+        if choice not in FEATURE_CHOICES:
+            raise ConfigError(
+                f"features must be an (H, W, D) array or one of {', '.join(FEATURE_CHOICES)}; "
+                f"got {choice!r}"
+            )
+        source = _FeatureSource(choice, embedding_weights, device)
+    else:
+        source = features
+    args = (image, source, n_layers, mode_name, progress, preprocessed, config, seed)
     if config.blas_threads is None:
-        return _soft_segment(
-            image, features, n_layers, mode_name, progress, preprocessed, config, seed
-        )
+        return _soft_segment(*args)
     with threadpool_limits(limits=config.blas_threads, user_api="blas"):
-        return _soft_segment(
-            image, features, n_layers, mode_name, progress, preprocessed, config, seed
-        )
+        return _soft_segment(*args)
+
+
+@dataclass(frozen=True)
+class _FeatureSource:
+    """Features named instead of given: computed once the image has passed its checks."""
+
+    choice: str
+    weights: str | None
+    device: str | None
+
+    def features(self, image: np.ndarray) -> np.ndarray | None:
+        """``image`` is the checked float image in [0, 1]; the network takes uint8."""
+        rgb = np.round(image * 255.0).astype(np.uint8)
+        return semantic_features(rgb, self.choice, weights=self.weights, device=self.device)
 
 
 def _soft_segment(
     image: np.ndarray,
-    features: np.ndarray | None,
+    features: np.ndarray | _FeatureSource,
     n_layers: int,
     mode_name: str,
     progress: Progress | None,
@@ -397,6 +424,8 @@ def _soft_segment(
 
     image = _check_image(image)
     h, w, _ = image.shape
+    if isinstance(features, _FeatureSource):
+        features, preprocessed = features.features(image), False  # raw embeddings, or None
     feats = _check_features(features, image, preprocessed, config)
     clock.done("features")
 
