@@ -111,3 +111,12 @@ def test_sample_coarse_draws_every_family_of_the_mix() -> None:
     assert seen == set(FAMILIES)
     with pytest.raises(ValueError, match="unknown coarse family"):
         sample_coarse(gt, np.random.default_rng(0), family="nope")
+
+
+def test_sam_like_survives_an_object_that_the_offset_removes() -> None:
+    # a 2-px object under a large inward bias: nothing is left for the thin-part step
+    gt = np.zeros((40, 40), bool)
+    gt[20:22, 20:22] = True
+    for k in range(20):
+        out = sam_like(gt, np.random.default_rng(k), offset=6.0, p_thin=1, p_speck=1, p_hole=1)
+        assert out.shape == gt.shape

@@ -134,7 +134,8 @@ def sam_like(
     a = float(offset if offset is not None else rng.uniform(0.5, 3.0))
     field = _smooth_field((h, w), rng.uniform(16, 96), rng) * a + rng.uniform(-a / 2, a / 2)
     out = (_signed_distance(x) + field) > 0
-    if rng.random() < p_thin:
+    # (a small object can vanish under the offset: the later steps then have nothing to work on)
+    if rng.random() < p_thin and out.any():
         width = int(rng.integers(2, 7))
         opened = cv2.morphologyEx(out.view(np.uint8), cv2.MORPH_OPEN, _disk(width // 2 + 1)) > 0
         # only in one region: a disk around a random foreground pixel
