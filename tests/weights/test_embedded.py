@@ -15,8 +15,11 @@ import pytest
 from finecut.refine.api import DEFAULT_WEIGHTS, load_refiner_model
 from finecut.weights import WEIGHTS_DIR, load_manifest, sha256_file
 
-# ECSSD 801-830, seed 0, native resolution, embedded crm_lite0 (docs/benchmarks.md)
-RECORDED = {"coarse_iou": 0.891724, "coarse_mba": 0.649775, "iou": 0.941820, "mba": 0.772218}
+# ECSSD 801-830, seed 0, native resolution, embedded crm_lite0 (stage 1) with the default
+# inference (do-no-harm gate on) (docs/benchmarks.md). The phase-3 weights gave 94.18 / 77.22
+# here: the stage-1 model, trained on DUTS-TR, CamVid and other coarse masks, lost 0.9 IoU and
+# 1.4 mBA on ECSSD's own perturbation at ECSSD's size while it gained on DUTS-TR's hold-out
+RECORDED = {"coarse_iou": 0.891724, "coarse_mba": 0.649775, "iou": 0.933090, "mba": 0.758292}
 MARGIN = 0.005
 
 
@@ -27,9 +30,14 @@ def test_manifest_names_its_file_sha_config_and_command() -> None:
     assert sha256_file(path) == manifest["sha256"]
     assert manifest["config"]["encoder"] == "efficientnet_lite0"
     assert "finecut train refine" in manifest["command"]
-    assert "ecssd" in json.dumps(manifest["train_config"]).lower()
-    stems = manifest["train_config"]["stems"]
-    assert stems and max(int(s) for s in stems) <= 800, "ECSSD 801-1000 must never be trained on"
+    train = manifest["train_config"]
+    text = json.dumps(train).lower()
+    assert "ecssd" in text and "davis" not in text, "DAVIS must never be trained on"
+    for source in train["sources"]:
+        if "ecssd" in source["path"]:
+            assert source["stems"] == "1-800", "ECSSD 801-1000 must never be trained on"
+        if "duts" in source["path"]:
+            assert source["exclude"] == "configs/refine/duts_holdout.txt"
 
 
 def test_embedded_model_loads_on_cpu() -> None:
@@ -51,3 +59,50 @@ def test_quality_held_on_heldout_ecssd(shared_data) -> None:
     assert finecut.iou >= RECORDED["iou"] - MARGIN
     assert finecut.mba >= RECORDED["mba"] - MARGIN
     assert finecut.iou > coarse.iou and finecut.mba > coarse.mba
+
+
+# DAVIS frames 000, 035, 070 (never trained on, never used to choose settings) at native size,
+# coarse masks of the low-resolution-segmenter and SAM-like families with bench/refine_quality.py's
+# seeds, embedded weights and default inference (docs/benchmarks.md): IoU, mBA
+RECORDED_DAVIS = {
+    "lowres": {"coarse": (0.901664, 0.552233), "snap": (0.934720, 0.708503),
+               "finecut": (0.942577, 0.726251)},
+    "sam": {"coarse": (0.962481, 0.752147), "snap": (0.944027, 0.724918),
+            "finecut": (0.942017, 0.722369)},
+}  # fmt: skip
+
+
+def _davis_rows(shared_data, families):
+    import zlib
+
+    from finecut.refine.evaluate import evaluate_families
+    from finecut.train.coarse import FAMILIES, sample_coarse
+
+    def coarse_fn(gt, stem, family):
+        key = int(stem) if stem.isdigit() else zlib.crc32(stem.encode())
+        return sample_coarse(gt, np.random.default_rng([0, FAMILIES.index(family), key]),
+                             family=family)[0]
+
+    return evaluate_families(
+        shared_data / "davis", coarse_fn, families=families, scales=(1.0,),
+        methods=("snap", "finecut"), stems=["000", "035", "070"], device="cpu",
+    )
+
+
+def test_quality_held_on_davis(shared_data) -> None:
+    """DAVIS is never trained on: the figures recorded for the shipped weights hold.
+
+    Low-resolution-segmenter masks: finecut beats both the coarse input and snapping alone.
+    SAM-like (near-perfect) masks: finecut, like snapping alone, still lowers them (issue 13
+    is open on this); the test holds the recorded values so that a change shows.
+    """
+    results = _davis_rows(shared_data, ("lowres", "sam"))
+    for family, recorded in RECORDED_DAVIS.items():
+        coarse, snap, finecut = results[(1.0, family)]
+        assert coarse.iou == pytest.approx(recorded["coarse"][0], abs=1e-6)
+        assert coarse.mba == pytest.approx(recorded["coarse"][1], abs=1e-6)
+        assert snap.iou == pytest.approx(recorded["snap"][0], abs=2e-3)
+        assert finecut.iou >= recorded["finecut"][0] - MARGIN
+        assert finecut.mba >= recorded["finecut"][1] - MARGIN
+    coarse, snap, finecut = results[(1.0, "lowres")]
+    assert finecut.iou > max(coarse.iou, snap.iou) and finecut.mba > max(coarse.mba, snap.mba)
