@@ -67,7 +67,9 @@ def _add_refine(sub) -> None:
         action="store_true",
         help="skip edge snapping (matting in a thin band after CRM): the CRM output alone",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"
+    )
     p.add_argument(
         "--onnx",
         type=Path,

@@ -20,6 +20,9 @@ pixel. finecut keeps the schedule and the model but does far less work:
   (see ``finecut.models.crm``).
 * **Chunks.** Queries go through the head in chunks of ``chunk`` points, so memory stays bounded
   for 8K images.
+
+The network itself runs behind a :class:`~finecut.refine.runner.Runner` (torch, or ONNX Runtime on
+the networks of ``finecut export onnx``): this module works on numpy arrays and imports no torch.
 """
 
 from __future__ import annotations
