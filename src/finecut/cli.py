@@ -136,7 +136,8 @@ def _refiner(args):
     # and a wrong path should be reported at once
     from finecut.refine import Refiner
 
-    if args.onnx is not None:
+    onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
+    if onnx is not None:
         if args.weights is not None or args.device not in (None, "cpu"):
             from finecut.errors import ConfigError
 
@@ -144,7 +145,7 @@ def _refiner(args):
                 "--onnx runs on the CPU with the weights exported to DIR: drop --weights and "
                 "--device (export other weights with finecut export onnx --weights)"
             )
-        return Refiner(onnx=args.onnx, threads=args.threads)
+        return Refiner(onnx=onnx, threads=args.threads)
     return Refiner(args.device, weights=args.weights, threads=args.threads)
 
 
