@@ -85,7 +85,17 @@ def _add_refine(sub) -> None:
         action="store_true",
         help="skip edge snapping (matting in a thin band after CRM): the CRM output alone",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"
+    )
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the networks that 'finecut export onnx' wrote to DIR in ONNX Runtime (CPU, "
+        "no torch; needs pip install 'finecut[onnx]')",
+    )
     p.set_defaults(func=_cmd_refine)
 
 
@@ -180,6 +190,16 @@ def _refiner(args):
         # one INFO line per small instance ("copied through") would drown the useful ones
         logging.getLogger("finecut.refine.api").setLevel(logging.WARNING)
 
+    onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
+    if onnx is not None:
+        if args.weights is not None or args.device not in (None, "cpu"):
+            from finecut.errors import ConfigError
+
+            raise ConfigError(
+                "--onnx runs on the CPU with the weights exported to DIR: drop --weights and "
+                "--device (export other weights with finecut export onnx --weights)"
+            )
+        return Refiner(onnx=onnx, threads=args.threads)
     return Refiner(args.device, weights=args.weights, threads=args.threads)
 
 
@@ -824,6 +844,39 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a network for another runtime")
+    esub = p.add_subparsers(dest="what", metavar="FORMAT", required=True)
+    o = esub.add_parser(
+        "onnx",
+        help="the refiner's encoder and implicit head as ONNX (for finecut refine --onnx)",
+        description="Write DIR/encoder.onnx (image + coarse mask -> per-cell features, any size "
+        "multiple of 32), DIR/head.onnx (the implicit head at any number of query points) and "
+        "DIR/manifest.json (opset, input and output names, sha256 of each file, the CRM config, "
+        "the finecut version, the source weights' sha256), from the BatchNorm-folded refiner, "
+        "then check them against torch. Needs: pip install 'finecut[onnx]'.",
+    )
+    o.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder")
+    o.add_argument("--weights", default=None, help="weights file (default: the embedded model)")
+    o.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    o.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
+    o.set_defaults(func=_cmd_export_onnx)
+
+
+def _cmd_export_onnx(args) -> int:
+    from finecut.export.onnx import DEFAULT_OPSET, export_onnx
+
+    manifest = export_onnx(
+        args.output,
+        weights=args.weights,
+        opset=args.opset or DEFAULT_OPSET,
+        overwrite=args.overwrite,
+    )
+    print(f"finecut export onnx: wrote {args.output} (manifest {manifest.name})")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ serve
 def _add_serve(sub) -> None:
     p = sub.add_parser(
@@ -916,6 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)
+    _add_export(sub)
     _add_serve(sub)
     from finecut.segment.commands import add_top_parsers
 

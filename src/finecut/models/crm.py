@@ -135,7 +135,9 @@ def query_latent(
     """
     b, d, h, w = cell_feat.shape
     q = coords.shape[1]
-    size = coords.new_tensor([h, w])
+    # scalar_tensor keeps h and w symbolic when exported (torch.onnx, finecut.export); a
+    # new_tensor([h, w]) would fix them to the example's sizes. Same float32 values.
+    size = torch.stack([torch.scalar_tensor(h), torch.scalar_tensor(w)]).to(coords)
     # continuous position in latent pixel units, cell centres at integers
     u = (coords + 1.0) * 0.5 * size - 0.5
     base = torch.floor(u)

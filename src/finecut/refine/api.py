@@ -5,6 +5,7 @@ Example:
     >>> crisp = finecut.refine(image, rough_mask)            # uint8 0/255, full resolution
     >>> refiner = finecut.Refiner(device="cuda")              # keep the model loaded
     >>> alpha = refiner.refine(image, rough_mask, soft=True)  # float32 probability in [0, 1]
+    >>> fast = finecut.Refiner(onnx="crm_onnx/")              # ONNX Runtime, no torch imported
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from finecut.data.masks import binary_mask
-from finecut.errors import ImageError, WeightsError
-from finecut.models.crm import CRM, CRMConfig
-from finecut.models.fold import fold_batchnorm
+from finecut.errors import ConfigError, ImageError, WeightsError
 from finecut.refine.inference import InferenceConfig, gate_changes, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
 from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
 
+# torch and the models are imported where they are used: the onnxruntime backend runs without
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from finecut.models.crm import CRM
     from finecut.refine.instances import InstanceConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ def load_refiner_model(
             ``.safetensors`` file with a ``.json`` manifest beside it, or a training checkpoint
             (``.pt``) written by ``finecut train refine``.
     """
+    from finecut.models.crm import CRM, CRMConfig
+
     if weights is None or (isinstance(weights, str) and not Path(weights).suffix):
         name = weights or DEFAULT_WEIGHTS
         manifest = load_manifest(name)
@@ -131,10 +135,14 @@ class Refiner:
     """Keeps a CRM model loaded and refines masks at any resolution.
 
     Args:
-        device: "cpu", "cuda", "cuda:1", or None for CUDA when available.
-        weights: see :func:`load_refiner_model`.
+        device: "cpu", "cuda", "cuda:1", or None for CUDA when available (torch backend).
+        weights: see :func:`load_refiner_model` (torch backend).
         config: inference settings (scales, band, tiles).
-        threads: torch CPU threads (None keeps torch's default).
+        threads: CPU threads of torch, or of ONNX Runtime (None keeps the library's default).
+        backend: "torch", or "onnxruntime" to run the networks that ``finecut export onnx``
+            wrote to the folder ``onnx`` (CPU; torch is not imported). None: "onnxruntime" when
+            ``onnx`` is given, else "torch".
+        onnx: the folder of ``finecut export onnx`` (onnxruntime backend).
     """
 
     def __init__(
@@ -144,18 +152,44 @@ class Refiner:
         weights: str | Path | None = None,
         config: InferenceConfig | None = None,
         threads: int | None = None,
+        backend: str | None = None,
+        onnx: str | Path | None = None,
     ) -> None:
+        self.config = config or InferenceConfig()
+        self.backend = backend or ("torch" if onnx is None else "onnxruntime")
+        if self.backend == "onnxruntime":
+            from finecut.refine.onnx_runner import OnnxRunner
+
+            if onnx is None:
+                raise ConfigError("backend 'onnxruntime' needs onnx=DIR (see finecut export onnx)")
+            if weights is not None or device not in (None, "cpu"):
+                raise ConfigError(
+                    "the onnxruntime backend runs on the CPU with the weights exported to its "
+                    "folder: pass neither weights nor a device (export other weights with "
+                    "finecut export onnx --weights)"
+                )
+            self.device = self.model = None
+            self._runner = OnnxRunner(onnx, threads=threads)
+            return
+        if self.backend != "torch":
+            raise ConfigError(f"unknown backend {self.backend!r}; choose torch or onnxruntime")
+        if onnx is not None:
+            raise ConfigError("onnx=DIR runs on the onnxruntime backend, not on torch")
+        import torch
+
         from finecut.devices import resolve_device
+        from finecut.models.fold import fold_batchnorm
+        from finecut.refine.torch_runner import TorchRunner
 
         self.device = resolve_device(device)
         if threads:
             torch.set_num_threads(threads)
-        self.config = config or InferenceConfig()
         self.model = load_refiner_model(weights, self.device)
         # What refine() runs: a copy with BatchNorm folded into the convolutions, its weights
         # channels-last like the inputs finecut.refine.inference gives it (oneDNN then need not
         # reorder them on every call). ``model`` stays the network as loaded.
         self._net = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
+        self._runner = TorchRunner(self._net, self.device)
 
     def refine(
         self,
@@ -230,12 +264,11 @@ class Refiner:
             self, image, masks, config=config, full_query=full_query, snap=snap
         )
 
-
     def _refine_stages(
         self, rgb: np.ndarray, coarse: np.ndarray, cfg: InferenceConfig, progress=None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(CRM probability, final probability): the final one gated and snapped per ``cfg``."""
-        crm = refine_probability(self._net, rgb, coarse, cfg, device=self.device, progress=progress)
+        crm = refine_probability(self._runner, rgb, coarse, cfg, progress=progress)
         return crm, self._finish(rgb, coarse, crm, cfg)
 
     def _finish(

@@ -20,6 +20,9 @@ pixel. finecut keeps the schedule and the model but does far less work:
   (see ``finecut.models.crm``).
 * **Chunks.** Queries go through the head in chunks of ``chunk`` points, so memory stays bounded
   for 8K images.
+
+The network itself runs behind a :class:`~finecut.refine.runner.Runner` (torch, or ONNX Runtime on
+the networks of ``finecut export onnx``): this module works on numpy arrays and imports no torch.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from finecut.models.crm import CRM
+from finecut.refine.runner import Runner
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from finecut.models.crm import CRM
 
 log = logging.getLogger(__name__)
 
@@ -106,65 +113,51 @@ class InferenceConfig:
     keep_confidence: float = 0.3
 
 
-def _to_tensor(image: np.ndarray, mask: np.ndarray, device: torch.device):
-    img = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).to(device)
-    img = img.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    msk = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(device)
-    return img, msk[None, None]
-
-
-def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
+def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad the bottom and right of an (H, W, ...) array to multiples of ``multiple`` (reflect, or
+    edge when the array is too small to reflect)."""
+    h, w = x.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
-        mode = "reflect" if (ph < h and pw < w) else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        mode = "reflect" if (ph < h and pw < w) else "edge"
+        x = np.pad(x, [(0, ph), (0, pw)] + [(0, 0)] * (x.ndim - 2), mode=mode)
     return x
 
 
 def _encode_region(
-    model: CRM,
+    runner: Runner,
     image_s: np.ndarray,
     mask_s: np.ndarray,
     region: tuple[int, int, int, int],
-    device: torch.device,
-):
-    """Encode one region of the resized image: (cell features, padded mask, padded size)."""
+) -> tuple[Any, tuple[int, int]]:
+    """Encode one region of the resized image: (what the runner encoded, padded size)."""
     y0, y1, x0, x1 = region
-    img, msk = _to_tensor(image_s[y0:y1, x0:x1], mask_s[y0:y1, x0:x1], device)
-    img, msk = _pad_to(img, 32), _pad_to(msk, 32)
-    # channels-last: the encoder's depthwise convolutions run faster in it on the CPU (oneDNN;
-    # 0.12 s against 0.155 s for a 320x320 tile here), and the per-cell features come out as
-    # contiguous (h * w, D) rows for the queries' gather
-    img = img.contiguous(memory_format=torch.channels_last)
-    return model.encode(img, msk), msk, img.shape[-2:]
+    img, msk = _pad_to(image_s[y0:y1, x0:x1], 32), _pad_to(mask_s[y0:y1, x0:x1], 32)
+    return runner.encode(img, msk), msk.shape
 
 
 def _query_points(
-    model: CRM,
+    runner: Runner,
     encoded,
     region: tuple[int, int, int, int],
     ys: np.ndarray,
     xs: np.ndarray,
     scale: tuple[float, float],
     cfg: InferenceConfig,
-    device: torch.device,
 ) -> np.ndarray:
     """Probabilities at full-res pixels ``(ys, xs)`` from an encoded region."""
-    cell_feat, msk, (ph, pw) = encoded
+    features, (ph, pw) = encoded
     y0, _, x0, _ = region
     sy, sx = scale
     out = np.empty(len(ys), dtype=np.float32)
-    cell = torch.tensor([2.0 * sy / ph, 2.0 * sx / pw], device=device)
+    cell = np.array([2.0 * sy / ph, 2.0 * sx / pw], dtype=np.float32)
     for start in range(0, len(ys), cfg.chunk):
         sl = slice(start, start + cfg.chunk)
         # full-res pixel centre -> resized-image coordinate -> [-1, 1] in the padded region
         cy = ((ys[sl] + 0.5) * sy - y0) * (2.0 / ph) - 1.0
         cx = ((xs[sl] + 0.5) * sx - x0) * (2.0 / pw) - 1.0
-        coords = torch.from_numpy(np.stack([cy, cx], axis=-1).astype(np.float32)).to(device)
-        coords = coords.unsqueeze(0)
-        logits = model.query(cell_feat, coords, cell.expand_as(coords), msk)
-        out[sl] = torch.sigmoid(logits[0].float()).cpu().numpy()
+        coords = np.stack([cy, cx], axis=-1).astype(np.float32)
+        out[sl] = runner.query(features, coords, cell)
     return out
 
 
@@ -253,9 +246,8 @@ def _tiles(hs: int, ws: int, cfg: InferenceConfig):
             yield inner, outer
 
 
-@torch.no_grad()
 def refine_probability(
-    model: CRM,
+    model: CRM | Runner,
     image: np.ndarray,
     coarse: np.ndarray,
     cfg: InferenceConfig = InferenceConfig(),  # noqa: B008 - frozen dataclass
@@ -266,18 +258,22 @@ def refine_probability(
     """Refine a coarse mask with CRM at the image's full resolution.
 
     Args:
-        model: a CRM network (eval mode is set here).
+        model: a CRM network (eval mode is set here), or a :class:`~finecut.refine.runner.Runner`
+            (e.g. the ONNX Runtime one, which needs no torch).
         image: (H, W, 3) uint8 RGB.
         coarse: (H, W) bool coarse mask.
         cfg: scales, band, tiling and chunking.
-        device: where to run (defaults to the model's device).
+        device: where a CRM network runs (defaults to the model's device).
         progress: optional callable(step_name) for progress reporting.
 
     Returns:
         (H, W) float32 foreground probability.
     """
-    model.eval()
-    device = device or next(model.parameters()).device
+    runner = model
+    if not isinstance(runner, Runner):
+        from finecut.refine.torch_runner import TorchRunner
+
+        runner = TorchRunner(model, device)
     h, w = coarse.shape
     prob = coarse.astype(np.float32)
     scales: Sequence[float] = [
@@ -315,9 +311,9 @@ def refine_probability(
             if not len(sel):
                 continue
             n_tiles += 1
-            encoded = _encode_region(model, image_s, mask_s, outer, device)
+            encoded = _encode_region(runner, image_s, mask_s, outer)
             ys, xs = by[sel], bx[sel]
-            new_prob[ys, xs] = _query_points(model, encoded, outer, ys, xs, (sy, sx), cfg, device)
+            new_prob[ys, xs] = _query_points(runner, encoded, outer, ys, xs, (sy, sx), cfg)
             if not sentinels:
                 continue
             # Sentinels: one query per ``sentinel_cells`` latent cells of this (already encoded)
@@ -327,7 +323,7 @@ def refine_probability(
             sy_, sx_ = gy[grid_tiles[k]], gx[grid_tiles[k]]
             if not len(sy_):
                 continue
-            g = _query_points(model, encoded, outer, sy_, sx_, (sy, sx), cfg, device)
+            g = _query_points(runner, encoded, outer, sy_, sx_, (sy, sx), cfg)
             flip = (g > 0.5) != (prob[sy_, sx_] > 0.5)
             if not flip.any():
                 continue
@@ -339,7 +335,7 @@ def refine_probability(
             )
             ey, ex = _around(sy_[flip], sx_[flip], step, box, band)
             n_extra += len(ey)
-            new_prob[ey, ex] = _query_points(model, encoded, outer, ey, ex, (sy, sx), cfg, device)
+            new_prob[ey, ex] = _query_points(runner, encoded, outer, ey, ex, (sy, sx), cfg)
         log.debug(
             "scale %.3f: %dx%d, %d band queries, %d around sentinels, %d tiles",
             s, ws, hs, len(by), n_extra, n_tiles,
