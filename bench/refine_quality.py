@@ -25,7 +25,6 @@ import argparse
 import os
 import platform
 import time
-import zlib
 
 ROOT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "davis")
 
@@ -46,23 +45,19 @@ def main() -> None:
     if not os.path.isdir(args.data):
         raise SystemExit(f"no data at {args.data}")
 
-    import numpy as np
     import torch
 
-    from finecut.cli import _stems_arg
-    from finecut.data.folders import find_pairs
+    from finecut.data.folders import find_pairs, parse_stems
     from finecut.refine.evaluate import evaluate_families, format_family_table
-    from finecut.train.coarse import FAMILIES, sample_coarse
+    from finecut.train.coarse import FAMILIES, seeded_coarse
 
     torch.set_num_threads(args.threads)
     families = FAMILIES if args.families == "all" else tuple(args.families.split(","))
-    stems = _stems_arg(args.stems) if args.stems else [a.stem for a, _ in find_pairs(args.data)]
+    stems = parse_stems(args.stems) if args.stems else [a.stem for a, _ in find_pairs(args.data)]
     stems = stems[:: args.every]
 
     def coarse_fn(gt, stem: str, family: str):
-        key = int(stem) if stem.isdigit() else zlib.crc32(stem.encode())
-        rng = np.random.default_rng([args.seed, FAMILIES.index(family), key])
-        return sample_coarse(gt, rng, family=family)[0]
+        return seeded_coarse(gt, stem, family, args.seed)
 
     t0 = time.perf_counter()
     results = evaluate_families(

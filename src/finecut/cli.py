@@ -20,15 +20,10 @@ log = logging.getLogger("finecut")
 
 
 def _stems_arg(text: str) -> list[str]:
-    """'1-800' -> ['0001', ..., '0800']; 'a,b,c' -> ['a', 'b', 'c']; '@file' -> lines of file."""
-    if text.startswith("@"):
-        return [s.strip() for s in Path(text[1:]).read_text().splitlines() if s.strip()]
-    if "-" in text and "," not in text:
-        lo, hi = text.split("-", 1)
-        if lo.isdigit() and hi.isdigit():
-            width = max(len(lo), 4)
-            return [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
-    return [s for s in text.split(",") if s]
+    """--stems: see :func:`finecut.data.folders.parse_stems`."""
+    from finecut.data.folders import parse_stems
+
+    return parse_stems(text)
 
 
 # ----------------------------------------------------------------------------------------- refine

@@ -73,18 +73,11 @@ RECORDED_DAVIS = {
 
 
 def _davis_rows(shared_data, families):
-    import zlib
-
     from finecut.refine.evaluate import evaluate_families
-    from finecut.train.coarse import FAMILIES, sample_coarse
-
-    def coarse_fn(gt, stem, family):
-        key = int(stem) if stem.isdigit() else zlib.crc32(stem.encode())
-        return sample_coarse(gt, np.random.default_rng([0, FAMILIES.index(family), key]),
-                             family=family)[0]
+    from finecut.train.coarse import seeded_coarse
 
     return evaluate_families(
-        shared_data / "davis", coarse_fn, families=families, scales=(1.0,),
+        shared_data / "davis", seeded_coarse, families=families, scales=(1.0,),
         methods=("snap", "finecut"), stems=["000", "035", "070"], device="cpu",
     )
 

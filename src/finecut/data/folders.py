@@ -6,7 +6,7 @@ from pathlib import Path
 
 from finecut.errors import ImageError
 
-__all__ = ["find_pairs"]
+__all__ = ["find_pairs", "parse_stems"]
 
 
 def find_pairs(root: Path, stems: list[str] | None = None) -> list[tuple[Path, Path]]:
@@ -28,3 +28,15 @@ def find_pairs(root: Path, stems: list[str] | None = None) -> list[tuple[Path, P
     if not keys:
         raise ImageError(f"no image/mask pairs found in {str(root)!r}")
     return [(images[k], masks[k]) for k in keys]
+
+
+def parse_stems(text: str) -> list[str]:
+    """'1-800' -> ['0001', ..., '0800']; 'a,b,c' -> ['a', 'b', 'c']; '@file' -> lines of file."""
+    if text.startswith("@"):
+        return [s.strip() for s in Path(text[1:]).read_text().splitlines() if s.strip()]
+    if "-" in text and "," not in text:
+        lo, hi = text.split("-", 1)
+        if lo.isdigit() and hi.isdigit():
+            width = max(len(lo), 4)
+            return [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+    return [s for s in text.split(",") if s]

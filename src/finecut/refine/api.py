@@ -33,7 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_WEIGHTS", "Refiner", "as_rgb", "as_mask", "load_refiner_model", "refine"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "Refiner",
+    "as_mask",
+    "as_rgb",
+    "finish_probability",
+    "load_refiner_model",
+    "refine",
+]
 
 DEFAULT_WEIGHTS = "crm_lite0"
 
@@ -237,7 +245,8 @@ class Refiner:
             log.info("object smaller than %d px: copied through", cfg.min_object)
             prob = coarse.astype(np.float32)
         else:
-            prob = self._refine_stages(rgb, coarse, cfg, progress)[-1]
+            crm = self._crm_probability(rgb, coarse, cfg, progress)
+            prob = finish_probability(rgb, coarse, crm, cfg)
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
@@ -264,25 +273,31 @@ class Refiner:
             self, image, masks, config=config, full_query=full_query, snap=snap
         )
 
-    def _refine_stages(
+    def _crm_probability(
         self, rgb: np.ndarray, coarse: np.ndarray, cfg: InferenceConfig, progress=None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(CRM probability, final probability): the final one gated and snapped per ``cfg``."""
-        crm = refine_probability(self._runner, rgb, coarse, cfg, progress=progress)
-        return crm, self._finish(rgb, coarse, crm, cfg)
-
-    def _finish(
-        self, rgb: np.ndarray, coarse: np.ndarray, crm: np.ndarray, cfg: InferenceConfig
     ) -> np.ndarray:
-        """The do-no-harm gate and edge snapping applied to a CRM probability, per ``cfg``."""
-        prob = crm
-        h, w = coarse.shape
-        if cfg.keep_reach > 0 or cfg.keep_confidence > 0:
-            prob = gate_changes(crm, coarse, cfg.keep_reach * (h + w), cfg.keep_confidence)
-        if cfg.snap:
-            band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
-            prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
-        return prob
+        """The CRM's probability alone, before the gate and the snapping."""
+        return refine_probability(self._runner, rgb, coarse, cfg, progress=progress)
+
+
+def finish_probability(
+    rgb: np.ndarray, coarse: np.ndarray, crm: np.ndarray, cfg: InferenceConfig
+) -> np.ndarray:
+    """The do-no-harm gate and edge snapping applied to a CRM probability, per ``cfg``.
+
+    With ``crm`` equal to the coarse mask the gate changes nothing and this is snapping alone.
+
+    Shape:
+        rgb: (H, W, 3) uint8; coarse: (H, W) bool; crm: (H, W) float -> (H, W) float32.
+    """
+    prob = crm
+    h, w = coarse.shape
+    if cfg.keep_reach > 0 or cfg.keep_confidence > 0:
+        prob = gate_changes(crm, coarse, cfg.keep_reach * (h + w), cfg.keep_confidence)
+    if cfg.snap:
+        band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
+        prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
+    return prob
 
 
 def refine(

@@ -51,6 +51,7 @@ class MethodResult:
     intersection: int = 0
     union: int = 0
     mba_values: list[float] = field(default_factory=list)
+    iou_values: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -70,6 +71,7 @@ class MethodResult:
         self.intersection += int(i)
         self.union += int(u)
         self.mba_values.append(float(mba(pred, gt)))
+        self.iou_values.append(float(i) / float(u) if u else 1.0)
         self.seconds += seconds
 
 
@@ -191,14 +193,7 @@ HARM_MARGIN = 0.01
 
 @dataclass
 class FamilyResult(MethodResult):
-    """A :class:`MethodResult` with per-image IoU, for the harm share."""
-
-    iou_values: list[float] = field(default_factory=list)
-
-    def add(self, pred: np.ndarray, gt: np.ndarray, seconds: float = 0.0) -> None:
-        i, u = iou_counts(pred, gt)
-        super().add(pred, gt, seconds)
-        self.iou_values.append(float(i) / float(u) if u else 1.0)
+    """A :class:`MethodResult` with the harm share against the coarse input's row."""
 
     def harm_share(self, coarse: FamilyResult) -> float:
         """Share of images whose IoU is more than ``HARM_MARGIN`` below the coarse input's."""
@@ -271,10 +266,9 @@ def evaluate_families(
     """
     from dataclasses import replace
 
-    from finecut.refine.api import Refiner
+    from finecut.refine.api import Refiner, finish_probability
     from finecut.refine.baselines import guided_filter_refine
     from finecut.refine.inference import InferenceConfig
-    from finecut.refine.snap import snap_band, snap_to_edges
 
     parsed = [(m, *_parse_method(m)) for m in methods]
     refiner = None
@@ -305,12 +299,10 @@ def evaluate_families(
                     if name == "guided":
                         pred = guided_filter_refine(image, coarse)
                     elif name == "snap":
-                        # finecut's own snapping settings, on the coarse mask
-                        h, w = gt.shape
-                        sc = InferenceConfig()
-                        band = snap_band(h, w, sc.snap_fraction, sc.snap_min_band, sc.snap_max_band)
-                        prob = snap_to_edges(
-                            image, coarse.astype(np.float32), band, sc.snap_epsilon, sc.snap_passes
+                        # finecut's own finishing applied to the coarse mask itself (the gate
+                        # then changes nothing): snapping alone
+                        prob = finish_probability(
+                            image, coarse, coarse.astype(np.float32), InferenceConfig()
                         )
                         pred = prob > 0.5
                     else:
@@ -323,14 +315,14 @@ def evaluate_families(
                             )
                         )
                         if key not in crms:
-                            crm = refiner._refine_stages(image, coarse, replace(cfg, snap=False))[0]
+                            crm = refiner._crm_probability(image, coarse, cfg)
                             crms[key] = (crm, time.perf_counter() - t0)
                             t0 = time.perf_counter()
                         crm, extra = crms[key]
                         if name == "crm":
                             pred = crm > 0.5
                         else:
-                            pred = refiner._finish(image, coarse, crm, cfg) > 0.5
+                            pred = finish_probability(image, coarse, crm, cfg) > 0.5
                     row.add(pred, gt, time.perf_counter() - t0 + extra)
     return out
 

@@ -44,6 +44,7 @@ __all__ = [
     "polygon_outline",
     "sam_like",
     "sample_coarse",
+    "seeded_coarse",
 ]
 
 #: family names in :func:`sample_coarse` and the benchmark tables
@@ -267,3 +268,16 @@ def sample_coarse(
     if family not in _FAMILY_FNS:
         raise ValueError(f"unknown coarse family {family!r}; choose from {', '.join(FAMILIES)}")
     return _FAMILY_FNS[family](_as_bool(mask), rng, float(scale)), family
+
+
+def seeded_coarse(mask: np.ndarray, stem: str, family: str, seed: int = 0) -> np.ndarray:
+    """The benchmark's fixed coarse mask of one image: ``family`` with a generator seeded by
+    (``seed``, the family's index, the stem as a number or its CRC-32), so every method and
+    every run sees the same input (``bench/refine_quality.py``, the embedded-weights tests)."""
+    import zlib
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown coarse family {family!r}; choose from {', '.join(FAMILIES)}")
+    key = int(stem) if stem.isdigit() else zlib.crc32(stem.encode())
+    rng = np.random.default_rng([seed, FAMILIES.index(family), key])
+    return sample_coarse(mask, rng, family=family)[0]

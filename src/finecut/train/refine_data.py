@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from finecut.data.folders import find_pairs
+from finecut.data.folders import find_pairs, parse_stems
 from finecut.data.io import read_image, read_mask
 from finecut.errors import ConfigError
 from finecut.refine.perturb import PerturbConfig, perturb_mask
@@ -135,17 +135,6 @@ class RefineSource:
             raise ConfigError(f"source weight must be > 0, got {self.weight}")
 
 
-def _stem_list(text: str) -> list[str]:
-    if text.startswith("@"):
-        return [s.strip() for s in Path(text[1:]).read_text().splitlines() if s.strip()]
-    if "-" in text and "," not in text:
-        lo, hi = text.split("-", 1)
-        if lo.isdigit() and hi.isdigit():
-            width = max(len(lo), 4)
-            return [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
-    return [s for s in text.split(",") if s]
-
-
 def _camvid_objects(root: Path, split: str, min_area: int) -> list[tuple[Path, Path, int, int]]:
     """(image, label, class, component index) of every CamVid object component."""
     stems = (root / f"{split}.txt").read_text().split()
@@ -236,10 +225,10 @@ class MixedRefineDataset(Dataset):
             if src.kind == "camvid":
                 items = _camvid_objects(root, src.split, src.min_area)
             else:
-                stems = _stem_list(src.stems) if src.stems else None
+                stems = parse_stems(src.stems) if src.stems else None
                 pairs = find_pairs(root, stems)
                 if src.exclude:
-                    drop = set(_stem_list("@" + src.exclude))
+                    drop = set(parse_stems("@" + src.exclude))
                     pairs = [p for p in pairs if p[0].stem not in drop]
                 items = pairs
             if not items:
