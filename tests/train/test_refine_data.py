@@ -111,3 +111,17 @@ def test_mix_yaml_rejects_unknown_keys(tmp_path: Path) -> None:
     path.write_text("sources: []\nepochs: 3\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         _read_mix(path)
+
+
+def test_missing_source_files_are_one_config_error(tmp_path: Path) -> None:
+    from finecut.errors import ConfigError, ImageError
+    from finecut.train.refine_data import MixedRefineDataset, RefineSource
+
+    root = _tiny_folder(tmp_path / "data", n=2)
+    with pytest.raises(ConfigError, match="no-such-list"):
+        missing = str(tmp_path / "no-such-list")
+        MixedRefineDataset([RefineSource("masks", str(root), exclude=missing)])
+    with pytest.raises(ConfigError, match="train.txt"):
+        MixedRefineDataset([RefineSource("camvid", str(tmp_path / "nowhere"))])
+    with pytest.raises(ImageError, match="must contain"):
+        MixedRefineDataset([RefineSource("masks", str(tmp_path / "nowhere"))])

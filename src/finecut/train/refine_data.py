@@ -221,22 +221,29 @@ class MixedRefineDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.items: list[list] = []
         for src in sources:
-            root = Path(src.path)
-            if src.kind == "camvid":
-                items = _camvid_objects(root, src.split, src.min_area)
-            else:
-                stems = parse_stems(src.stems) if src.stems else None
-                pairs = find_pairs(root, stems)
-                if src.exclude:
-                    drop = set(parse_stems("@" + src.exclude))
-                    pairs = [p for p in pairs if p[0].stem not in drop]
-                items = pairs
+            try:
+                items = self._source_items(src)
+            except OSError as exc:  # a missing folder, split list or stems file
+                raise ConfigError(f"training source {src.path!r}: {exc.strerror}: "
+                                  f"{exc.filename!r}") from None
             if not items:
                 raise ConfigError(f"source {src.path!r} has no items")
             self.items.append(items)
         w = np.array([s.weight for s in sources], dtype=np.float64)
         self.weights = w / w.sum()
         self.kinds = [s.kind for s in sources]
+
+    @staticmethod
+    def _source_items(src: RefineSource) -> list:
+        """A source's items: CamVid object components, or (image, mask) pairs less ``exclude``."""
+        root = Path(src.path)
+        if src.kind == "camvid":
+            return _camvid_objects(root, src.split, src.min_area)
+        pairs = find_pairs(root, parse_stems(src.stems) if src.stems else None)
+        if src.exclude:
+            drop = set(parse_stems("@" + src.exclude))
+            pairs = [p for p in pairs if p[0].stem not in drop]
+        return pairs
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
