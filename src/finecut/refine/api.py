@@ -22,6 +22,7 @@ from finecut.data.masks import binary_mask
 from finecut.errors import ConfigError, ImageError, WeightsError
 from finecut.refine.inference import InferenceConfig, gate_changes, refine_probability
 from finecut.refine.snap import snap_band, snap_to_edges
+from finecut.refine.support import revert_unsupported
 from finecut.weights import WEIGHTS_DIR, flush_subnormals, load_manifest, load_state_dict
 
 # torch and the models are imported where they are used: the onnxruntime backend runs without
@@ -297,6 +298,8 @@ def finish_probability(
     if cfg.snap:
         band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
         prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
+    if cfg.keep_edges:
+        prob = revert_unsupported(rgb, coarse, prob, cfg.keep_edge_margin)
     return prob
 
 

@@ -300,9 +300,10 @@ def evaluate_families(
                         pred = guided_filter_refine(image, coarse)
                     elif name == "snap":
                         # finecut's own finishing applied to the coarse mask itself (the gate
-                        # then changes nothing): snapping alone
+                        # then changes nothing) without the edge check: snapping alone
                         prob = finish_probability(
-                            image, coarse, coarse.astype(np.float32), InferenceConfig()
+                            image, coarse, coarse.astype(np.float32),
+                            InferenceConfig(keep_edges=False),
                         )
                         pred = prob > 0.5
                     else:

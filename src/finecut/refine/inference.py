@@ -89,6 +89,11 @@ class InferenceConfig:
             stage-1 weights, reach 0.01 and confidence 0.3 gave the best IoU in 5 of 6 rows
             (e.g. 4x low-resolution 96.23 / 67.89 IoU / mBA against 95.10 / 68.15 ungated, and
             no image harmed instead of 40%); 0.005 was not tried.
+        keep_edges: do-no-harm by edge support (:func:`finecut.refine.support.revert_unsupported`),
+            after the snapping: each connected region the output changed keeps the input's value
+            unless the output's boundary next to it lies on stronger image edges than the
+            input's there, by the factor ``1 + keep_edge_margin``.
+        keep_edge_margin: see ``keep_edges``.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -111,6 +116,8 @@ class InferenceConfig:
     snap_passes: int = 3
     keep_reach: float = 0.01
     keep_confidence: float = 0.3
+    keep_edges: bool = False
+    keep_edge_margin: float = 0.0
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""Choose the refiner's finishing (do-no-harm gate, snapping) on training-side images.
+
+The CRM probability of every case is computed once and cached (``--cache``); each finishing
+variant is then a cheap function of (photo, coarse mask, CRM probability), so many variants can
+be compared on many images. Cases: held-out DUTS-TR images (``configs/refine/duts_holdout.txt``,
+never trained on), each coarse family, each scale, and each photo condition: ``clean`` (the photo
+as it is) or ``video`` (Gaussian blur of sigma 1.2 px and JPEG at quality 40 at the native size,
+before upsampling: the soft, compressed edges of video frames; the ground truth is unchanged).
+
+    .venv/bin/python bench/refine_finish_study.py --every 15 --scales 1,2 \\
+        --families lowres,sam,polygon,perturb,identity --variants default,nosnap,crm \\
+        --cache ../data/finish_cache
+
+Variants are ``name`` or ``name:key=value:...`` with InferenceConfig fields (like
+bench/refine_quality.py's ``finecut:`` rows); ``coarse``, ``snap`` (snapping of the coarse mask
+alone) and ``crm`` (the CRM alone) are the references. The table: IoU / mBA (harmed %) per
+(condition, scale, family), and a summary line per variant: mean IoU and mBA gain over the
+coarse input and the worst harm share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def degrade(image: np.ndarray, condition: str) -> np.ndarray:
+    if condition == "clean":
+        return image
+    if condition == "video":
+        img = cv2.GaussianBlur(image, (0, 0), 1.2)
+        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 40])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+    raise SystemExit(f"unknown condition {condition!r}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(HERE.parent / ".." / "data" / "duts"))
+    p.add_argument("--stems", default="@" + str(HERE.parent / "configs/refine/duts_holdout.txt"))
+    p.add_argument("--every", type=int, default=15)
+    p.add_argument("--families", default="lowres,sam,polygon,perturb,identity")
+    p.add_argument("--scales", default="1,2")
+    p.add_argument("--conditions", default="clean,video")
+    p.add_argument("--variants", default="default")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--cache", default=str(HERE.parent / ".." / "data" / "finish_cache"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    import torch
+
+    from finecut.data.folders import find_pairs, parse_stems
+    from finecut.data.io import read_image, read_mask
+    from finecut.metrics import iou, mba
+    from finecut.refine.api import Refiner, finish_probability
+    from finecut.refine.evaluate import HARM_MARGIN, _parse_method, upsample_case
+    from finecut.refine.support import revert_unsupported
+    from finecut.train.coarse import seeded_coarse
+
+    torch.set_num_threads(args.threads)
+    stems = parse_stems(args.stems)[:: args.every]
+    pairs = find_pairs(Path(args.data), stems)
+    families = args.families.split(",")
+    scales = [float(s) for s in args.scales.split(",")]
+    conditions = args.conditions.split(",")
+    variants = args.variants.split(",")
+    tag = hashlib.sha256(
+        (Path(args.weights).read_bytes() if args.weights else b"embedded")
+    ).hexdigest()[:10]
+    cache = Path(args.cache) / tag
+    cache.mkdir(parents=True, exist_ok=True)
+    refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
+
+    names = ["coarse", *variants]
+    rows = {}  # (cond, scale, fam) -> name -> list of (iou, mba)
+    t0 = time.perf_counter()
+    for n, (img_path, gt_path) in enumerate(pairs):
+        image0 = read_image(img_path)
+        gt0 = read_mask(gt_path, shape=image0.shape[:2], image_path=img_path) > 127
+        for cond in conditions:
+            photo0 = degrade(image0, cond)
+            for fam in families:
+                coarse0 = seeded_coarse(gt0, img_path.stem, fam, args.seed)
+                for s in scales:
+                    image, gt, coarse = upsample_case(photo0, gt0, coarse0, s)
+                    f = cache / f"{img_path.stem}_{cond}_{fam}_{s:g}.npy"
+                    if f.exists():
+                        crm = np.load(f).astype(np.float32)
+                    else:
+                        crm = refiner._crm_probability(image, coarse, refiner.config)
+                        np.save(f, crm.astype(np.float16))
+                    cell = rows.setdefault((cond, s, fam), {k: [] for k in names})
+                    finished = {}  # variants that differ only in the edge check share the rest
+                    for name in names:
+                        if name == "coarse":
+                            pred = coarse
+                        else:
+                            base, overrides = _parse_method(
+                                name if name.startswith(("finecut", "crm", "snap"))
+                                else "finecut" + name[len(name.split(":")[0]):]
+                            )
+                            cfg = replace(refiner.config, **overrides)
+                            if base == "crm":
+                                pred = crm > 0.5
+                            elif base == "snap":
+                                pred = finish_probability(
+                                    image, coarse, coarse.astype(np.float32), cfg
+                                ) > 0.5
+                            else:
+                                plain = replace(cfg, keep_edges=False)
+                                if plain not in finished:
+                                    finished[plain] = finish_probability(image, coarse, crm, plain)
+                                prob = finished[plain]
+                                if cfg.keep_edges:
+                                    prob = revert_unsupported(
+                                        image, coarse, prob, cfg.keep_edge_margin
+                                    )
+                                pred = prob > 0.5
+                        cell[name].append((iou(pred, gt), mba(pred, gt)))
+        print(f"[{n + 1}/{len(pairs)}] {img_path.stem} {time.perf_counter() - t0:.0f} s", flush=True)
+
+    print()
+    print(f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
+          f"{args.weights or 'embedded'}")
+    print("| condition | scale | family | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---:|" * len(names))
+    summary = {k: [] for k in names}
+    for (cond, s, fam), cell in rows.items():
+        base = np.array(cell["coarse"])
+        out = []
+        for name in names:
+            v = np.array(cell[name])
+            harm = float(np.mean(v[:, 0] < base[:, 0] - HARM_MARGIN))
+            gain = v.mean(axis=0) - base.mean(axis=0)
+            summary[name].append((gain[0], gain[1], harm))
+            out.append(f"{100 * v[:, 0].mean():.2f} / {100 * v[:, 1].mean():.2f} ({100 * harm:.0f})")
+        print(f"| {cond} | {s:g}x | {fam} | " + " | ".join(out) + " |")
+    print()
+    for name in names:
+        a = np.array(summary[name])
+        print(
+            f"{name}: mean IoU gain {100 * a[:, 0].mean():+.2f}, mBA gain "
+            f"{100 * a[:, 1].mean():+.2f}, worst harm {100 * a[:, 2].max():.0f}%, "
+            f"mean harm {100 * a[:, 2].mean():.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()
