@@ -386,6 +386,11 @@ def _cmd_refine_dataset(args) -> int:
         device=args.device,
         threads=args.threads,
     )
+    if config.address is None and args.weights and Path(args.weights).suffix:
+        if not Path(args.weights).is_file():  # local workers would each fail on it
+            from finecut.errors import WeightsError
+
+            raise WeightsError(f"weights file {args.weights!r} not found")
     if args.manifest:
         if args.mask is not None:
             raise ConfigError("--mask is for a folder SOURCE; a manifest names each mask")

@@ -89,7 +89,10 @@ def run_on_ray(
     started = _start(ray, config)
     ray_data_log = logging.getLogger("ray.data")
     level = ray_data_log.level
-    ray_data_log.setLevel(logging.ERROR)  # its per-run INFO and WARNING lines are not the user's
+    if not logging.getLogger("finecut").isEnabledFor(logging.DEBUG):
+        # its per-run lines and internal stack traces are not the user's (-v shows them); a
+        # failure still ends in one line (_job_error)
+        ray_data_log.setLevel(logging.CRITICAL)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the CLI shows its own bar

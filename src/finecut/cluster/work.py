@@ -27,7 +27,7 @@ import numpy as np
 
 from finecut.data.io import decode_image, decode_mask, encode_mask, write_mask
 from finecut.data.masks import binary_mask
-from finecut.errors import ImageError
+from finecut.errors import FinecutError, ImageError
 
 __all__ = ["RESULT_COLUMNS", "RefineBatch", "RefineOptions", "load_pair", "refine_item"]
 
@@ -141,8 +141,6 @@ def refine_item(
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    from finecut.errors import FinecutError
-
     if isinstance(exc, FinecutError):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -157,19 +155,29 @@ class RefineBatch:
 
     Returns (per call): a dict of :data:`RESULT_COLUMNS` arrays, one entry per input row:
     ``ok`` (bool), ``error`` (one line, empty when ok), ``warning`` (empty when none),
-    ``seconds`` (the item's wall time). Any exception of one item becomes its row.
+    ``seconds`` (the item's wall time). Any exception of one item becomes its row; a refiner
+    that cannot be loaded (a weights file missing on this node) fails every row with the reason,
+    so the job ends with a failure table instead of Ray's retries and tracebacks.
     """
 
     def __init__(self, **options: Any) -> None:
         self.options = RefineOptions(**options)
-        self.refiner = self.options.make_refiner()
+        self.refiner = None
+        self.start_error = ""
+        try:
+            self.refiner = self.options.make_refiner()
+        except FinecutError as exc:  # e.g. weights missing on this node: every row says so
+            self.start_error = f"the worker could not load the refiner: {_one_line(exc)}"
+            log.error("%s", self.start_error)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows: dict[str, list] = {name: [] for name in RESULT_COLUMNS}
         for image, mask, output in zip(batch["image"], batch["mask"], batch["output"], strict=True):
             start = time.perf_counter()
-            error = warning = ""
+            error, warning = self.start_error, ""
             try:
+                if error:
+                    raise FinecutError(error)
                 warning = "; ".join(
                     refine_item(self.refiner, str(image), str(mask), str(output), self.options)
                 )
