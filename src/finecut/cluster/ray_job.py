@@ -109,6 +109,7 @@ def run_on_ray(
             batch_size=config.batch_size,
             batch_format="numpy",
             num_cpus=config.threads,
+            num_gpus=1 if str(options.device or "").startswith("cuda") else None,
         )
         out: dict[str, list[np.ndarray]] = {name: [] for name in RESULT_COLUMNS}
         try:

@@ -33,8 +33,11 @@ __all__ = ["RESULT_COLUMNS", "RefineBatch", "RefineOptions", "load_pair", "refin
 
 log = logging.getLogger(__name__)
 
+#: What the refusal of a label map given as a mask suggests.
+LABELS_HINT = "refine label maps with finecut refine --instances or Refiner.refine_instances"
+
 #: The columns a :class:`RefineBatch` returns, one value per input row.
-RESULT_COLUMNS = ("image", "output", "ok", "error", "warning", "seconds")
+RESULT_COLUMNS = ("image", "output", "ok", "error", "warning", "seconds", "finished")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def load_pair(image_url: str, mask_url: str, resize_mask: bool = False) -> tuple
                 f"is {w}x{h} (pass --resize-mask to resize it)"
             )
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-    return image, binary_mask(mask, name=f"mask {mask_url!r}")
+    return image, binary_mask(mask, name=f"mask {mask_url!r}", hint=LABELS_HINT)
 
 
 def refine_item(
@@ -155,9 +158,10 @@ class RefineBatch:
 
     Returns (per call): a dict of :data:`RESULT_COLUMNS` arrays, one entry per input row:
     ``ok`` (bool), ``error`` (one line, empty when ok), ``warning`` (empty when none),
-    ``seconds`` (the item's wall time). Any exception of one item becomes its row; a refiner
-    that cannot be loaded (a weights file missing on this node) fails every row with the reason,
-    so the job ends with a failure table instead of Ray's retries and tracebacks.
+    ``seconds`` (the item's wall time), ``finished`` (when it ended, Unix time). Any exception
+    of one item becomes its row; a refiner that cannot be loaded (a weights file missing on this
+    node) fails every row with the reason, so the job ends with a failure table instead of Ray's
+    retries and tracebacks.
     """
 
     def __init__(self, **options: Any) -> None:
@@ -190,6 +194,7 @@ class RefineBatch:
             rows["error"].append(error)
             rows["warning"].append(warning)
             rows["seconds"].append(time.perf_counter() - start)
+            rows["finished"].append(time.time())
         return {
             "image": np.array(rows["image"], dtype=object),
             "output": np.array(rows["output"], dtype=object),
@@ -197,4 +202,5 @@ class RefineBatch:
             "error": np.array(rows["error"], dtype=object),
             "warning": np.array(rows["warning"], dtype=object),
             "seconds": np.array(rows["seconds"], dtype=np.float64),
+            "finished": np.array(rows["finished"], dtype=np.float64),
         }
