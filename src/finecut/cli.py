@@ -288,13 +288,189 @@ def _cmd_refine(args) -> int:
     return _report_failures(failures, len(todo), "images")
 
 
-def _report_failures(failures: list[tuple[str, str]], total: int, what: str) -> int:
+def _report_failures(
+    failures: list[tuple[str, str]], total: int, what: str, most: int | None = None
+) -> int:
+    """Print the failures (at most ``most`` of them) as ``name: error`` lines; 1 if any."""
     if not failures:
         return 0
     print(f"finecut: {len(failures)} of {total} {what} failed:", file=sys.stderr)
-    for name, msg in failures:
+    for name, msg in failures[:most]:
         print(f"  {name}: {msg}", file=sys.stderr)
+    if most is not None and len(failures) > most:
+        print(f"  ... and {len(failures) - most} more", file=sys.stderr)
     return 1
+
+
+# --------------------------------------------------------------------------------- refine-dataset
+def _add_refine_dataset(sub) -> None:
+    p = sub.add_parser(
+        "refine-dataset",
+        help="refine a folder tree or manifest of image/mask pairs on Ray Data (any fsspec URL)",
+        description="Refine every image/mask pair of SOURCE on Ray Data, each worker keeping one "
+        "model loaded. SOURCE is a folder of images (searched recursively; the masks are in "
+        "--mask DIR at the same relative paths, paired by stem as in 'finecut refine' folder "
+        "mode, or beside the images as NAME_mask.png) or, with --manifest, a CSV file with a "
+        "header (or JSON lines, .jsonl) with the columns image, mask and optionally output. "
+        "Paths may be local or fsspec URLs (s3://, gs://, ...). Each output mask goes to "
+        "OUT_PREFIX at the item's relative path, as PNG; items whose output exists are skipped, "
+        "so a rerun resumes. Needs: pip install 'finecut[ray]'.",
+    )
+    p.add_argument("source", help="folder of images, or with --manifest a CSV/JSONL manifest")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_PREFIX", help="output prefix")
+    p.add_argument(
+        "--mask",
+        "-m",
+        default=None,
+        metavar="DIR",
+        help="folder of masks (default: beside the images, named NAME_mask.EXT)",
+    )
+    p.add_argument("--manifest", action="store_true", help="SOURCE is a CSV or JSONL manifest")
+    p.add_argument("--workers", type=int, default=2, help="refiners at once (default 2)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, ray://HOST:10001, HOST:6379 (default: $RAY_ADDRESS, "
+        "else a local Ray with WORKERS x THREADS CPUs)",
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="items per worker call (default 4)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="CPUs and torch threads per worker (default 1)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="refine at most N of the items to do")
+    p.add_argument(
+        "--failures",
+        default=None,
+        metavar="CSV",
+        help="write the failed items (image, mask, output, error) to this CSV file (path or URL)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo items whose output exists")
+    p.add_argument("--soft", action="store_true", help="write the probability as 8-bit alpha")
+    p.add_argument("--resize-mask", action="store_true", help="resize masks of another size")
+    p.add_argument("--no-snap", action="store_true", help="skip edge snapping")
+    p.add_argument("--full-query", action="store_true", help="CRM's own inference (slower)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="weights file, at the same path on every worker (default: the embedded model)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.set_defaults(func=_cmd_refine_dataset)
+
+
+def _cmd_refine_dataset(args) -> int:
+    import os
+    import time
+
+    from finecut.cluster.items import is_local, list_folder, read_manifest, split_done, url_fs
+    from finecut.cluster.ray_job import RayConfig, require_ray, run_on_ray
+    from finecut.cluster.work import RefineOptions
+    from finecut.data.io import check_output_folder
+    from finecut.errors import ConfigError
+
+    require_ray()  # before any listing: without Ray nothing can run
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1; got {args.limit}")
+    config = RayConfig(
+        workers=args.workers,
+        address=args.address or os.environ.get("RAY_ADDRESS") or None,
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
+    options = RefineOptions(
+        soft=args.soft,
+        snap=not args.no_snap,
+        full_query=args.full_query,
+        resize_mask=args.resize_mask,
+        weights=args.weights,
+        device=args.device,
+        threads=args.threads,
+    )
+    if config.address is None and args.weights and Path(args.weights).suffix:
+        if not Path(args.weights).is_file():  # local workers would each fail on it
+            from finecut.errors import WeightsError
+
+            raise WeightsError(f"weights file {args.weights!r} not found")
+    if args.manifest:
+        if args.mask is not None:
+            raise ConfigError("--mask is for a folder SOURCE; a manifest names each mask")
+        listing = read_manifest(args.source, args.output)
+    else:
+        listing = list_folder(args.source, args.output, masks_url=args.mask)
+    ofs, oroot = url_fs(args.output)
+    if is_local(ofs):
+        check_output_folder(oroot, "output prefix")
+    if listing.unmatched:
+        shown = ", ".join(listing.unmatched[:3])
+        log.warning("%d images have no mask and are skipped (%s)", len(listing.unmatched), shown)
+    items = listing.items
+    todo, done = (items, 0) if args.overwrite else split_done(items, args.output)
+    if done:
+        log.info(
+            "%d of %d items are done (their outputs exist) and skipped; pass --overwrite to "
+            "redo them",
+            done,
+            len(items),
+        )
+    if args.limit is not None:
+        todo = todo[: args.limit]
+    if not todo:
+        log.info("nothing to refine: all %d items are done", len(items))
+        _write_failures(args.failures, [])
+        return 0
+    where = config.address or f"a local Ray ({config.workers * config.threads} CPUs)"
+    log.info("refining %d items with %d workers on %s", len(todo), config.workers, where)
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="img", disable=not sys.stderr.isatty()) as bar:
+        rows = run_on_ray(todo, options, config, progress=bar.update)
+    elapsed = time.perf_counter() - start
+    by_output = {item.output: item for item in todo}
+    failed = [by_output[out] for out, ok in zip(rows["output"], rows["ok"], strict=True) if not ok]
+    errors = {out: err for out, err in zip(rows["output"], rows["error"], strict=True) if err}
+    warned = [(img, w) for img, w in zip(rows["image"], rows["warning"], strict=True) if w]
+    for image, warning in warned[:10]:
+        log.warning("%s: %s", _shown(image), warning)
+    if len(warned) > 10:
+        log.warning("... and %d more items with warnings", len(warned) - 10)
+    n_ok = len(todo) - len(failed)
+    log.info(
+        "refined %d of %d items into %s in %.1f s (%.2f items/s, %.2f s per item on a worker)",
+        n_ok,
+        len(todo),
+        args.output,
+        elapsed,
+        len(todo) / elapsed,
+        float(sum(rows["seconds"])) / len(todo),
+    )
+    _write_failures(args.failures, [(item, errors[item.output]) for item in failed])
+    table = [(_shown(item.image), errors[item.output]) for item in failed]
+    return _report_failures(table, len(todo), "items", most=20)
+
+
+def _shown(url: str) -> str:
+    """A URL as a user gave it: local files without ``file://``."""
+    return url.removeprefix("file://")
+
+
+def _write_failures(url: str | None, failures: list) -> None:
+    """--failures: a CSV of (image, mask, output, error); written (empty) even with none."""
+    if url is None:
+        return
+    import csv
+
+    import fsspec
+
+    try:
+        with fsspec.open(url, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "mask", "output", "error"])
+            for item, error in failures:
+                writer.writerow([_shown(item.image), _shown(item.mask), _shown(item.output), error])
+    except OSError as exc:
+        raise ImageError(f"cannot write --failures {url!r}: {' '.join(str(exc).split())}") from None
+    log.info("wrote the failure table (%d items) to %s", len(failures), url)
 
 
 # ------------------------------------------------------------------------------------ refine-coco
@@ -960,6 +1136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_refine(sub)
     _add_refine_coco(sub)
+    _add_refine_dataset(sub)
     _add_soft(sub)
     _add_train(sub)
     _add_eval(sub)

@@ -79,10 +79,10 @@ import os
 import secrets
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from pathlib import Path, PurePath
+from typing import IO, Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
@@ -98,7 +98,10 @@ __all__ = [
     "decode_mask",
     "check_output",
     "check_output_folder",
+    "encode_mask",
+    "is_image_name",
     "list_images",
+    "match_by_stem",
     "pair_by_stem",
     "read_image",
     "read_labels",
@@ -731,6 +734,26 @@ def write_mask(
     return _atomic_write(path, Image.fromarray(data), fmt, overwrite, protect, "mask")
 
 
+def encode_mask(mask: np.ndarray, name: StrPath = "mask.png") -> bytes:
+    """The bytes :func:`write_mask` would write to a file called ``name``, held in memory (for
+    a destination that is not a local file, e.g. an ``s3://`` object).
+
+    Raises:
+        ImageError: lossy or unknown extension of ``name``.
+        ValueError: as for :func:`write_mask`.
+
+    Shape:
+        mask: ``(H, W)``.
+    """
+    import io
+
+    data = _to_uint8(mask, "mask", channels=(None,))
+    fmt = _format_for(name, "mask")
+    buf = io.BytesIO()
+    Image.fromarray(data).save(buf, format=fmt, **_save_params(fmt))
+    return buf.getvalue()
+
+
 def write_image(
     path: StrPath,
     image: np.ndarray,
@@ -1070,12 +1093,14 @@ def list_images(folder: StrPath) -> list[Path]:
     if not root.is_dir():
         problem = "it is not a folder" if root.exists() else "no such folder"
         raise ImageError(f"cannot list images in {_q(folder)}: {problem}")
-    found = [
-        p
-        for p in root.iterdir()
-        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    ]
+    found = [p for p in root.iterdir() if is_image_name(p.name) and p.is_file()]
     return sorted(found, key=lambda p: p.name)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether :func:`list_images` would collect a file of this name: an extension of
+    :data:`IMAGE_EXTENSIONS` (any case) and not hidden (no leading ``.``)."""
+    return not name.startswith(".") and PurePath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def pair_by_stem(
@@ -1098,13 +1123,38 @@ def pair_by_stem(
     images = list_images(image_dir)
     masks = list_images(mask_dir)
     same_dir = os.path.samefile(image_dir, mask_dir)
-    by_stem: dict[str, list[Path]] = {}
+    return match_by_stem(images, masks, same_dir=same_dir, where=mask_dir)
+
+
+P = TypeVar("P", bound=PurePath)
+
+
+def match_by_stem(
+    images: Sequence[P], masks: Sequence[P], *, same_dir: bool, where: StrPath
+) -> tuple[list[tuple[P, P]], list[P]]:
+    """:func:`pair_by_stem`'s rule on paths already listed: the images of one folder and the
+    masks of one folder (the same folder when ``same_dir``), in any file system.
+
+    Args:
+        images: image paths, in the order the pairs should come.
+        masks: candidate mask paths.
+        same_dir: the masks lie in the images' folder: only ``<stem>_mask.<ext>`` counts, and
+            a file taken as a mask is not an image.
+        where: the masks' folder, for the message of an ambiguous pair.
+
+    Returns:
+        ``(pairs, unmatched_images)`` as :func:`pair_by_stem`.
+
+    Raises:
+        ImageError: an image with more than one candidate mask.
+    """
+    by_stem: dict[str, list[P]] = {}
     for m in masks:
         by_stem.setdefault(m.stem, []).append(m)
 
-    pairs: list[tuple[Path, Path]] = []
-    unmatched: list[Path] = []
-    used_as_mask: set[Path] = set()
+    pairs: list[tuple[P, P]] = []
+    unmatched: list[P] = []
+    used_as_mask: set[P] = set()
     for img in images:
         candidates = list(by_stem.get(img.stem + "_mask", []))
         if not same_dir:
@@ -1112,7 +1162,7 @@ def pair_by_stem(
         if len(candidates) > 1:
             names = ", ".join(_q(c.name) for c in candidates)
             raise ImageError(
-                f"image {_q(img)} has several masks in {_q(mask_dir)} ({names}); keep only one"
+                f"image {_q(img)} has several masks in {_q(where)} ({names}); keep only one"
             )
         if candidates:
             pairs.append((img, candidates[0]))
