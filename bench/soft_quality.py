@@ -37,6 +37,12 @@ pixels and over the trimap's unknown band.
 
 ``--pictures DIR`` writes, for the first ``--n-pictures`` frames and the lemur, one PNG per image:
 a row per kind, ``image | layers coloured | best pair's alpha`` (object outline in red).
+To tune graph weights on training-side images only: ``--dataset ecssd`` (ECSSD 0001-0800 unless
+``--stems A-B`` says otherwise; 801-1000 is held out) with ``--set KEY=VALUE`` overriding fields
+of the mode's :class:`finecut.soft.SoftConfig`, e.g. ``--set semantic_weight=0.03``. Never choose
+settings on DAVIS. ECSSD 0001-0800 is also the shipped embedding network's training data: fine
+for comparing graph settings under the same features, not a figure of embedded against colour.
+
 ``--json PATH`` keeps every frame's numbers (rewritten after each frame, so a stopped run keeps
 what it did).
 """
@@ -75,6 +81,20 @@ def _fail(message: str) -> None:
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
+    p.add_argument(
+        "--dataset",
+        default="davis",
+        choices=("davis", "ecssd"),
+        help="davis (the issue's figure; never tune on it) or ecssd (training side, to tune)",
+    )
+    p.add_argument("--stems", help="A-B: only stems in this range (ecssd default: 1-800)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a SoftConfig field of the mode, e.g. semantic_weight=0.03 (repeatable)",
+    )
     p.add_argument("--every", type=int, default=3, help="every Nth DAVIS frame (3: 115 frames)")
     p.add_argument("--limit", type=int, default=None, help="at most this many frames")
     p.add_argument("--kinds", default=",".join(KINDS), help="comma list of embedded, colour")
@@ -103,13 +123,60 @@ def _parse() -> argparse.Namespace:
         _fail("no kinds to run")
     if args.weights is not None and not args.weights.is_file():
         _fail(f"weights file {str(args.weights)!r} not found")
-    davis = args.data / "davis"
-    if not (davis / "images").is_dir() or not (davis / "masks").is_dir():
-        _fail(f"{davis} has no images/ and masks/ (the shared DAVIS frames)")
+    folder = args.data / args.dataset
+    if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
+        _fail(f"{folder} has no images/ and masks/ (the shared {args.dataset} data)")
+    if args.stems is None and args.dataset == "ecssd":
+        args.stems = "1-800"  # ECSSD 801-1000 is held out
+    if args.stems is not None:
+        lo, _, hi = args.stems.partition("-")
+        if not (lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)):
+            _fail(f"--stems must be A-B with A <= B, got {args.stems!r}")
+        args.stem_range = (int(lo), int(hi))
     for path in (args.pictures, args.json and args.json.parent):
         if path is not None and path.exists() and not path.is_dir():
             _fail(f"{str(path)!r} is not a folder")
     return args
+
+
+def _config(mode: str, overrides: list[str]):
+    """The mode's SoftConfig with ``KEY=VALUE`` overrides (None without any)."""
+    from dataclasses import fields, replace
+
+    from finecut.errors import ConfigError
+    from finecut.soft import FAITHFUL, FAST
+
+    if not overrides:
+        return None
+    base = FAST if mode == "fast" else FAITHFUL
+    types = {f.name: type(getattr(base, f.name)) for f in fields(base)}
+    changes = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in types:
+            _fail(f"--set {item!r}: expected KEY=VALUE with KEY a SoftConfig field")
+        kind = types[key]
+        try:
+            if kind is bool:
+                value = {"true": True, "false": False}[text.lower()]
+            elif text.lower() == "none":
+                value = None
+            else:
+                value = _number(text) if kind is type(None) else kind(text)
+        except (KeyError, ValueError):
+            _fail(f"--set {item!r}: {text!r} is not a {kind.__name__}")
+        changes[key] = value
+    try:
+        return replace(base, **changes)
+    except ConfigError as exc:
+        _fail(f"--set: {exc}")
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _resize(image, long_side: int, interpolation):
@@ -123,24 +190,30 @@ def _resize(image, long_side: int, interpolation):
 
 
 def _frames(args: argparse.Namespace) -> list[str]:
-    davis = args.data / "davis"
-    stems = sorted(p.stem for p in (davis / "images").glob("*.jpg"))
-    stems = [s for s in stems if (davis / "masks" / f"{s}.png").is_file()][:: args.every]
+    folder = args.data / args.dataset
+    stems = sorted(p.stem for p in (folder / "images").glob("*.jpg"))
+    stems = [s for s in stems if (folder / "masks" / f"{s}.png").is_file()]
+    if args.stems is not None:
+        lo, hi = args.stem_range
+        stems = [s for s in stems if s.isdigit() and lo <= int(s) <= hi]
+    stems = stems[:: args.every]
     if not stems:
-        _fail(f"no frame with a mask in {davis}")
+        _fail(
+            f"no image with a mask in {folder}" + (f" for stems {args.stems}" if args.stems else "")
+        )
     return stems[: args.limit]
 
 
-def _davis_frame(args: argparse.Namespace, stem: str):
+def _frame(args: argparse.Namespace, stem: str):
     import cv2
     import numpy as np
 
     from finecut.data.io import read_image, read_mask
     from finecut.metrics import binarize
 
-    davis = args.data / "davis"
-    image = _resize(read_image(davis / "images" / f"{stem}.jpg"), args.long_side, cv2.INTER_AREA)
-    mask = binarize(read_mask(davis / "masks" / f"{stem}.png")).astype(np.float32)
+    folder = args.data / args.dataset
+    image = _resize(read_image(folder / "images" / f"{stem}.jpg"), args.long_side, cv2.INTER_AREA)
+    mask = binarize(read_mask(folder / "masks" / f"{stem}.png")).astype(np.float32)
     mask = _resize(mask, args.long_side, cv2.INTER_AREA) > 0.5
     return np.ascontiguousarray(image), mask
 
@@ -185,7 +258,9 @@ class _Runner:
 
         start = time.perf_counter()
         features = "none" if self.model is None else self.model.embed(image)
-        result = soft_segment(image, features, n_layers=self.args.layers, mode=self.args.mode)
+        result = soft_segment(
+            image, features, n_layers=self.args.layers, mode=self.args.mode, config=self.args.config
+        )
         return result.alphas, time.perf_counter() - start
 
 
@@ -288,6 +363,7 @@ def main() -> None:
     args = _parse()
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(name, str(args.threads))
+    args.config = _config(args.mode, args.set)
     import cv2
     import torch
     from threadpoolctl import threadpool_limits
@@ -302,8 +378,11 @@ def main() -> None:
     if args.pictures is not None:
         args.pictures.mkdir(parents=True, exist_ok=True)
     print(
-        f"soft quality: DAVIS {len(stems)} frames (every {args.every}), long side "
-        f"{args.long_side}, {args.mode} mode, {args.layers} layers, kinds {', '.join(kinds)}"
+        f"soft quality: {args.dataset} {len(stems)} images (every {args.every}"
+        + (f", stems {args.stems}" if args.stems else "")
+        + f"), long side {args.long_side}, {args.mode} mode"
+        + (f" with {', '.join(args.set)}" if args.set else "")
+        + f", {args.layers} layers, kinds {', '.join(kinds)}"
         + (f" (new = {args.weights})" if args.weights else "")
         + f"; {args.threads} thread(s), {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}",
@@ -315,21 +394,21 @@ def main() -> None:
     def save() -> None:
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            body = {"args": {k: str(v) for k, v in vars(args).items()}, "davis": records}
+            body = {"args": {k: str(v) for k, v in vars(args).items()}, args.dataset: records}
             args.json.write_text(json.dumps({**body, "lemur": lemur}, indent=1))
 
     with threadpool_limits(limits=args.threads):
         for i, stem in enumerate(stems):
-            image, mask = _davis_frame(args, stem)
+            image, mask = _frame(args, stem)
             rows = []
             for runner in runners:
                 alphas, seconds = runner.run(image)
                 found = object_layers(alphas, mask)
                 records[runner.kind].append({"frame": stem, **_record(found, seconds)})
-                print(_line(f"davis {stem}", runner.kind, found, seconds), flush=True)
+                print(_line(f"{args.dataset} {stem}", runner.kind, found, seconds), flush=True)
                 rows.append((runner.kind, image, alphas, found))
             if args.pictures is not None and i < args.n_pictures:
-                _picture(rows, mask, args.pictures / f"davis_{stem}.png")
+                _picture(rows, mask, args.pictures / f"{args.dataset}_{stem}.png")
             save()
         if not args.no_lemur:
             image, alpha, mask, band = _lemur(args)
@@ -358,7 +437,7 @@ def main() -> None:
                 _picture(rows, mask, args.pictures / "lemur.png")
             save()
 
-    print("\nDAVIS, best layer and best union of at most two layers vs the object mask:\n")
+    print(f"\n{args.dataset}, best layer and best union of at most two layers vs the mask:\n")
     print("\n".join(_table(records, kinds)))
     if lemur:
         print(
