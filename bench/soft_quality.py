@@ -59,17 +59,6 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KINDS = ("embedded", "colour")
-#: layer colours of the pictures (RGB in [0, 1]); more layers cycle.
-PALETTE = (
-    (0.90, 0.30, 0.20),
-    (0.20, 0.55, 0.90),
-    (0.30, 0.80, 0.30),
-    (0.95, 0.80, 0.20),
-    (0.70, 0.35, 0.85),
-    (0.20, 0.85, 0.85),
-    (0.95, 0.55, 0.75),
-    (0.55, 0.55, 0.55),
-)
 
 
 def _fail(message: str) -> None:
@@ -270,17 +259,16 @@ def _picture(rows, mask, path: Path) -> None:
     import numpy as np
 
     from finecut.data.io import write_image
+    from finecut.viz import side_by_side, soft_composite
 
     out = []
     outline = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)[0]
     for kind, image, alphas, found in rows:
-        palette = np.array([PALETTE[i % len(PALETTE)] for i in range(alphas.shape[2])])
-        coloured = (alphas @ palette * 255.0).round().astype(np.uint8)
         pair = alphas[..., list(found.pair.indices)].sum(2)
         grey = np.repeat((np.clip(pair, 0, 1) * 255.0).round().astype(np.uint8)[..., None], 3, 2)
         grey = np.ascontiguousarray(grey)
         cv2.drawContours(grey, outline, -1, (255, 0, 0), 1)
-        panels = [image.copy(), coloured, grey]
+        panels = [image.copy(), soft_composite(alphas), grey]
         labels = [
             kind,
             f"{alphas.shape[2]} layers",
@@ -289,8 +277,7 @@ def _picture(rows, mask, path: Path) -> None:
         for panel, label in zip(panels, labels, strict=True):
             cv2.putText(panel, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3)
             cv2.putText(panel, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)
-        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-        out.append(np.hstack([panels[0], gap, panels[1], gap, panels[2]]))
+        out.append(side_by_side(panels, height=image.shape[0], gap=4))
     write_image(path, np.vstack(out), overwrite=True)
 
 
