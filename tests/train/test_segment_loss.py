@@ -16,7 +16,6 @@ from finecut.train.segment_data import SegmentItem, class_pixel_counts
 from finecut.train.segment_loss import (
     median_frequency_weights,
     ohem_keep,
-    ohem_loss,
     segment_loss,
 )
 from tests.segment._synthetic import VOID
@@ -93,8 +92,9 @@ def test_ohem_loss_is_mean_over_kept_pixels() -> None:
     probs = [0.9, 0.1, 0.95, 0.5, 0.8, 0.3]
     logits, labels = _two_class_logits(probs)
     expected = -sum(math.log(p) for p in (0.1, 0.5, 0.3)) / 3
-    loss = ohem_loss(logits, labels, VOID, thresh=0.7, min_kept=2)
+    keep = ohem_keep(logits, labels, VOID, thresh=0.7, min_kept=2)
+    loss = segment_loss(logits, labels, VOID, keep=keep)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     logits.requires_grad_(True)
-    ohem_loss(logits, labels, VOID, thresh=0.7, min_kept=2).backward()
+    segment_loss(logits, labels, VOID, keep=keep).backward()
     assert logits.grad is not None and float(logits.grad[0, :, 0, 0].abs().sum()) == 0.0

@@ -317,7 +317,9 @@ def test_torchrun_two_cpu_processes(camvid: Path, tmp_path: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(29600 + os.getpid() % 1000), str(script), str(config),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
+    # keep a PYTHONPATH given to pytest (a checkout's src/ ahead of an installed finecut)
+    paths = [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, paths)))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 2

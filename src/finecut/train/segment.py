@@ -4,20 +4,20 @@ Recipe (SparseMask's VOC recipe, METHODS.md section 3, as defaults): SGD with mo
 weight decay 4e-5, lr 0.005 for the encoder and x10 for the decoder and heads, poly decay with
 power 0.9, cross-entropy ignoring void (11) (``loss: mfb`` weighs it by median frequency
 balancing, ``loss: ohem`` keeps the hard pixels: :mod:`finecut.train.segment_loss`). In the
-decoder's search mode the SparseMask sparsity
-loss (weight 0.01) is added and the connection weights are clamped to [0, 2] after every step.
-P-pooling exponents and connection weights get no weight decay (decay would pull p towards
-average pooling and the weights towards 0 regardless of the data).
+decoder's search mode the SparseMask sparsity loss (weight 0.01) is added and the connection
+weights are clamped to [0, 2] after every step. P-pooling exponents and connection weights get
+no weight decay (decay would pull p towards average pooling and the weights towards 0 regardless
+of the data).
 
 Augmentation: random scale, crop and flip (:class:`~finecut.train.segment_data.SegmentDataset`).
 bfloat16 autocast on CUDA only. Checkpoints (``OUT/last.pt``, written atomically every
-``ckpt_every`` steps and at the end) resume the run exactly, data order included; they hold no
-path of the machine that wrote them that a resume reads, so ``OUT`` can move to another machine.
-``stop_at`` ends a run early at a step of its ``iters``-long schedule, so a long schedule can be
-trained in stages, each resuming the last. ``init`` starts a new run from trained weights (the
-model only: fresh optimiser and schedule). The curve goes
-to ``OUT/log.jsonl`` and, when TensorBoard is installed, to ``OUT/tb``. Multi-GPU (or multi-process
-on CPU with gloo): ``torchrun --nproc_per_node N -m finecut train segment --config ...``.
+``ckpt_every`` steps and at the end) resume the run exactly, data order included; a resume reads
+no path stored in them, so ``OUT`` can move to another machine. ``stop_at`` ends a run at a step
+of its ``iters``-long schedule, so a long schedule can be trained in stages, each resuming the
+last. ``init`` starts a new run from trained weights (the model only: fresh optimiser and
+schedule). The curve (with the validation mIoU and per-class IoU) goes to ``OUT/log.jsonl``
+and, when TensorBoard is installed, to ``OUT/tb``. Multi-GPU (or multi-process on CPU with
+gloo): ``torchrun --nproc_per_node N -m finecut train segment --config ...``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -65,7 +64,7 @@ from finecut.train.segment_data import (
 from finecut.train.segment_loss import (
     LOSSES,
     median_frequency_weights,
-    ohem_loss,
+    ohem_keep,
     segment_loss,
 )
 
@@ -424,10 +423,10 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = net(image)
+            keep = None
             if cfg.loss == "ohem":
-                task = ohem_loss(logits, labels, cfg.void, cfg.ohem_thresh, cfg.ohem_min_kept)
-            else:
-                task = segment_loss(logits, labels, cfg.void, weight)
+                keep = ohem_keep(logits, labels, cfg.void, cfg.ohem_thresh, cfg.ohem_min_kept)
+            task = segment_loss(logits, labels, cfg.void, weight, keep)
             loss = task
             record: dict[str, float] = {}
             if search:

@@ -7,7 +7,7 @@
   classes (poles, signs, cyclists) weigh more than sky and road.
 * ``ohem``: online hard example mining as in PSPNet / OCNet's ``OhemCrossEntropy``: only the
   pixels whose predicted probability of their true class is at most ``thresh`` count, and at least
-  the ``min_kept`` hardest ones.
+  the ``min_kept`` hardest ones (:func:`ohem_keep`, passed to :func:`segment_loss` as ``keep``).
 
 Void pixels never count. All losses are plain functions of logits and labels.
 """
@@ -24,7 +24,6 @@ __all__ = [
     "LOSSES",
     "median_frequency_weights",
     "ohem_keep",
-    "ohem_loss",
     "segment_loss",
 ]
 
@@ -69,19 +68,23 @@ def segment_loss(
     labels: torch.Tensor,
     void: int = CAMVID_VOID,
     weight: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over the pixels that are not void (0 with a gradient when all are void).
 
     With ``weight`` (``(K,)``, e.g. :func:`median_frequency_weights`) each pixel's loss is scaled
     by its class's weight and the sum divided by the summed weights of the pixels (PyTorch's
-    weighted mean).
+    weighted mean). With ``keep`` (e.g. :func:`ohem_keep`) only those pixels count.
 
     Shape:
         - logits: (B, K, H, W)
         - labels: (B, H, W) int64
         - weight: (K,)
+        - keep: (B, H, W) bool
         - output: ()
     """
+    if keep is not None:
+        labels = torch.where(keep, labels, torch.full_like(labels, void))
     valid = labels != void
     if weight is None:
         norm = valid.sum().clamp_min(1)
@@ -125,22 +128,3 @@ def ohem_keep(
             kth = torch.kthvalue(true_prob[valid], min_kept).values.item()
             threshold = max(threshold, kth)
         return valid & (true_prob <= threshold)
-
-
-def ohem_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    void: int = CAMVID_VOID,
-    thresh: float = 0.7,
-    min_kept: int = 100_000,
-) -> torch.Tensor:
-    """Cross-entropy averaged over the hard pixels of :func:`ohem_keep`.
-
-    Shape:
-        - logits: (B, K, H, W)
-        - labels: (B, H, W) int64
-        - output: ()
-    """
-    keep = ohem_keep(logits, labels, void, thresh, min_kept)
-    hard = torch.where(keep, labels, torch.full_like(labels, void))
-    return segment_loss(logits, hard, void)
