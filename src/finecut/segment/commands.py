@@ -66,7 +66,10 @@ def add_train_parser(sub) -> None:
         "manifest, or an embedded name such as segmenter_camvid): the model only, with a fresh "
         "optimiser and schedule",
     )  # fmt: skip
-    p.add_argument("--loss", choices=("ce", "mfb", "ohem"), default=None)
+    p.add_argument(
+        "--loss", choices=("ce", "mfb", "ohem"), default=None,
+        help="cross-entropy, median-frequency balanced cross-entropy, or OHEM",
+    )  # fmt: skip
     p.add_argument(
         "--eval-every", type=int, default=None, metavar="N",
         help="validate (whole images) every N steps",
