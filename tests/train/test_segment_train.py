@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from finecut.errors import ConfigError, ImageError
-from finecut.models.segmenter import SegmenterConfig
+from finecut.errors import ConfigError, ImageError, WeightsError
+from finecut.models.segmenter import CAMVID_CLASSES, SegmenterConfig
 from finecut.segment.commands import add_parsers
 from finecut.train.segment import (
     SegmentTrainConfig,
@@ -127,6 +128,115 @@ def test_three_steps_checkpoint_and_resume(camvid: Path, tmp_path: Path) -> None
         train_segment(other)
 
 
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_config_rejects_bad_loss_and_stop_at(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loss must be one of ce, mfb, ohem"):
+        _cfg(tmp_path, tmp_path / "o", loss="focal")
+    with pytest.raises(ConfigError, match="stop_at must be in 1..iters"):
+        _cfg(tmp_path, tmp_path / "o", stop_at=4)
+    with pytest.raises(ConfigError, match="ohem_thresh"):
+        _cfg(tmp_path, tmp_path / "o", ohem_thresh=1.5)
+
+
+def test_stages_of_one_schedule_and_a_resume_on_another_machine(
+    camvid: Path, tmp_path: Path
+) -> None:
+    from finecut.train.embedding import poly_lr
+
+    out = tmp_path / "a" / "run"
+    cfg = _cfg(camvid, out, iters=4, stop_at=2, model=SegmenterConfig())
+    train_segment(cfg)  # stage 1: steps 1-2 of a 4-step schedule, validated at its end
+    records = _records(out)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[-1]["lr"] == pytest.approx(poly_lr(1, 4, cfg.lr, cfg.poly_power))
+    assert 0 <= records[-1]["val_miou"] <= 1
+    assert set(records[-1]["val_iou"]) == {
+        "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+        "Pedestrian", "Bicyclist",
+    }  # fmt: skip
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+
+    # "another machine": the run and the data folders moved; stage 2 resumes from the copy
+    moved_out, moved_data = tmp_path / "b" / "run", tmp_path / "b" / "camvid"
+    shutil.copytree(out, moved_out)
+    shutil.copytree(camvid, moved_data)
+    shutil.rmtree(out)
+    shutil.rmtree(camvid)
+    train_segment(replace(cfg, data=str(moved_data), out=str(moved_out), stop_at=None))
+    assert _steps(moved_out) == [1, 2, 3, 4]
+    assert torch.load(moved_out / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_init_from_weights_model_only(camvid: Path, tmp_path: Path, caplog) -> None:
+    from finecut.segment.predict import export_segmenter
+
+    first = _cfg(camvid, tmp_path / "first", iters=2, model=SegmenterConfig(downsample="max"))
+    source = train_segment(first)
+    trained = torch.load(source, weights_only=True)["model"]
+    exported = export_segmenter(source, tmp_path / "exported" / "seg")
+
+    # the init weights' model config wins over the one given, with a warning
+    second = _cfg(camvid, tmp_path / "second", iters=3, stop_at=1, init=str(exported),
+                  val_split=None, lr=1e-12)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        train_segment(second)
+    assert "its own model config" in caplog.text
+    state = torch.load(tmp_path / "second" / "last.pt", weights_only=True)
+    assert state["step"] == 1  # a fresh schedule
+    assert state["config"]["model"]["downsample"] == "max"
+    assert load_train_config(tmp_path / "second" / "config.yaml").model.downsample == "max"
+    key = "encoder.stem.conv.layer.weight"
+    assert key in trained
+    torch.testing.assert_close(state["model"][key], trained[key], atol=1e-6, rtol=0)
+    assert len(state["optimizer"]["state"]) > 0  # the optimiser started anew: one step of state
+
+    # resuming needs no init file any more (another machine may not have it)
+    shutil.rmtree(tmp_path / "exported")
+    train_segment(replace(second, stop_at=None))
+    assert _steps(tmp_path / "second") == [1, 2, 3]
+
+    # an embedded name
+    from finecut.train.segment import _init_model
+
+    model, cfg = _init_model(replace(second, init="segmenter_camvid"), tmp_path / "x.pt", "cpu")
+    assert cfg.model == model.config and cfg.model.downsample == "strided"
+
+
+def test_mfb_loss_trains_and_caches_weights(camvid: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "mfb"
+    train_segment(_cfg(camvid, out, iters=1, loss="mfb", val_split=None))
+    cache = json.loads((out / "class_weights.json").read_text())
+    assert len(cache["weights"]) == 11 and cache["images"] == 4
+    assert np.isfinite(_records(out)[-1]["loss"])
+
+    import finecut.train.segment as segment_module
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("the cached weights should be used")
+
+    monkeypatch.setattr(segment_module, "class_pixel_counts", no_counting)
+    train_segment(_cfg(camvid, out, iters=2, loss="mfb", val_split=None))
+    assert _steps(out) == [1, 2]
+
+
+def test_ohem_loss_trains(camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ohem"
+    train_segment(_cfg(camvid, out, iters=1, loss="ohem", ohem_min_kept=500, val_split=None))
+    assert np.isfinite(_records(out)[-1]["loss"])
+
+
+def test_real_camvid_class_weights(shared_data: Path) -> None:
+    from finecut.train.segment import class_weights
+
+    items = segment_items(shared_data / "camvid", "train")
+    weights = dict(zip(CAMVID_CLASSES, class_weights(items, 11, VOID), strict=True))
+    for thin in ("Pole", "SignSymbol", "Pedestrian", "Bicyclist"):
+        assert weights[thin] > 1 > max(weights["Road"], weights["Sky"], weights["Building"])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finecut")
     sub = parser.add_subparsers(dest="command")
@@ -178,6 +288,13 @@ def test_cli_handlers_train_eval_segment_prune(camvid: Path, tmp_path: Path, cap
     assert _run(["train", "segment", "--config", str(pruned_yaml), "--iters", "1"]) == 0
     assert torch.load(Path(pruned.out) / "last.pt", weights_only=True)["step"] == 1
 
+    with pytest.raises(WeightsError, match="weights file .*nope.pt' not found"):
+        _run(["train", "segment", "--config", str(pruned_yaml), "--out", str(tmp_path / "new"),
+              "--init", str(tmp_path / "nope.pt")])  # fmt: skip
+    with pytest.raises(WeightsError, match="no embedded segmenter named 'nope'"):
+        _run(["train", "segment", "--config", str(pruned_yaml), "--out", str(tmp_path / "new"),
+              "--init", "nope"])  # fmt: skip
+
     with pytest.raises(ConfigError, match="not trained in search mode"):
         _run(["prune", "--checkpoint", str(Path(pruned.out) / "last.pt"), "-o",
               str(tmp_path / "x.yaml")])  # fmt: skip
@@ -200,7 +317,9 @@ def test_torchrun_two_cpu_processes(camvid: Path, tmp_path: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(29600 + os.getpid() % 1000), str(script), str(config),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
+    # keep a PYTHONPATH given to pytest (a checkout's src/ ahead of an installed finecut)
+    paths = [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, paths)))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out / "last.pt", map_location="cpu", weights_only=True)["step"] == 2

@@ -54,7 +54,26 @@ def add_train_parser(sub) -> None:
     p.add_argument("--config", type=Path, required=True, help="YAML training config")
     p.add_argument("--data", default=None, help="CamVid-layout folder (overrides the config)")
     p.add_argument("--out", default=None, help="run folder (overrides the config)")
-    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--iters", type=int, default=None, help="length of the lr schedule")
+    p.add_argument(
+        "--stop-at", type=int, default=None, metavar="STEP",
+        help="stop after this step of the schedule (a training stage); rerun with a larger "
+        "value to resume from OUT/last.pt",
+    )  # fmt: skip
+    p.add_argument(
+        "--init", default=None, metavar="WEIGHTS",
+        help="start a new run from trained weights (last.pt, exported .safetensors with its "
+        "manifest, or an embedded name such as segmenter_camvid): the model only, with a fresh "
+        "optimiser and schedule",
+    )  # fmt: skip
+    p.add_argument(
+        "--loss", choices=("ce", "mfb", "ohem"), default=None,
+        help="cross-entropy, median-frequency balanced cross-entropy, or OHEM",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-every", type=int, default=None, metavar="N",
+        help="validate (whole images) every N steps",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--workers", type=int, default=None)
@@ -74,6 +93,10 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         data=args.data,
         out=args.out,
         iters=args.iters,
+        stop_at=args.stop_at,
+        init=args.init,
+        loss=args.loss,
+        eval_every=args.eval_every,
         batch_size=args.batch_size,
         lr=args.lr,
         workers=args.workers,
@@ -100,7 +123,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument(
         "--weights", default=None,
-        help="last.pt or exported .safetensors (default: the shipped CamVid model)",
+        help="last.pt, exported .safetensors or an embedded name (default: the shipped CamVid "
+        "model)",
     )  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)

@@ -166,20 +166,26 @@ def load_segmenter(
 
     Args:
         weights: ``last.pt`` of ``finecut train segment``, a ``.safetensors`` file with its
-            ``.json`` manifest (:func:`export_segmenter`), or None for the embedded default.
+            ``.json`` manifest (:func:`export_segmenter`), the name of embedded weights
+            (``segmenter_camvid``: a name without a suffix that is no file), or None for the
+            embedded default.
         device: where to put it (default: CUDA when available).
 
     Raises:
         WeightsError: missing, corrupt or mismatched weights, or no embedded default.
     """
-    if weights is None:
+    embedded = weights is None or (
+        isinstance(weights, str) and not Path(weights).suffix and not Path(weights).exists()
+    )
+    if embedded:
         from finecut.weights import WEIGHTS_DIR
 
-        path = WEIGHTS_DIR / f"{DEFAULT_WEIGHTS}.safetensors"
+        name = weights or DEFAULT_WEIGHTS
+        path = WEIGHTS_DIR / f"{name}.safetensors"
         if not path.is_file():
             raise WeightsError(
-                "no embedded CamVid segmenter ships with this finecut yet; pass --weights "
-                "(a last.pt of `finecut train segment`)"
+                f"no embedded segmenter named {name!r} ships with this finecut; pass a weights "
+                "file (a last.pt of `finecut train segment` or an exported .safetensors)"
             )
         cfg, state = _from_safetensors(path)
     else:

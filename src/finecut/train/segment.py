@@ -2,29 +2,35 @@
 
 Recipe (SparseMask's VOC recipe, METHODS.md section 3, as defaults): SGD with momentum 0.9,
 weight decay 4e-5, lr 0.005 for the encoder and x10 for the decoder and heads, poly decay with
-power 0.9, cross-entropy ignoring void (11). In the decoder's search mode the SparseMask sparsity
-loss (weight 0.01) is added and the connection weights are clamped to [0, 2] after every step.
-P-pooling exponents and connection weights get no weight decay (decay would pull p towards
-average pooling and the weights towards 0 regardless of the data).
+power 0.9, cross-entropy ignoring void (11) (``loss: mfb`` weighs it by median frequency
+balancing, ``loss: ohem`` keeps the hard pixels: :mod:`finecut.train.segment_loss`). In the
+decoder's search mode the SparseMask sparsity loss (weight 0.01) is added and the connection
+weights are clamped to [0, 2] after every step. P-pooling exponents and connection weights get
+no weight decay (decay would pull p towards average pooling and the weights towards 0 regardless
+of the data).
 
 Augmentation: random scale, crop and flip (:class:`~finecut.train.segment_data.SegmentDataset`).
 bfloat16 autocast on CUDA only. Checkpoints (``OUT/last.pt``, written atomically every
-``ckpt_every`` steps and at the end) resume the run exactly, data order included. The curve goes
-to ``OUT/log.jsonl`` and, when TensorBoard is installed, to ``OUT/tb``. Multi-GPU (or multi-process
-on CPU with gloo): ``torchrun --nproc_per_node N -m finecut train segment --config ...``.
+``ckpt_every`` steps and at the end) resume the run exactly, data order included; a resume reads
+no path stored in them, so ``OUT`` can move to another machine. ``stop_at`` ends a run at a step
+of its ``iters``-long schedule, so a long schedule can be trained in stages, each resuming the
+last. ``init`` starts a new run from trained weights (the model only: fresh optimiser and
+schedule). The curve (with the validation mIoU and per-class IoU) goes to ``OUT/log.jsonl``
+and, when TensorBoard is installed, to ``OUT/tb``. Multi-GPU (or multi-process on CPU with
+gloo): ``torchrun --nproc_per_node N -m finecut train segment --config ...``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -48,13 +54,26 @@ from finecut.train.common import (
 )
 from finecut.train.embedding import poly_lr
 from finecut.train.embedding_data import EpochSampler
-from finecut.train.segment_data import CAMVID_VOID, SegmentDataset, segment_items
+from finecut.train.segment_data import (
+    CAMVID_VOID,
+    SegmentDataset,
+    SegmentItem,
+    class_pixel_counts,
+    segment_items,
+)
+from finecut.train.segment_loss import (
+    LOSSES,
+    median_frequency_weights,
+    ohem_keep,
+    segment_loss,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_KIND",
     "SegmentTrainConfig",
+    "class_weights",
     "load_train_config",
     "save_train_config",
     "segment_loss",
@@ -74,8 +93,21 @@ class SegmentTrainConfig:
         out: run folder (``last.pt``, ``log.jsonl``, ``tb/``, ``config.yaml``).
         model: the architecture.
         train_splits: splits trained on.
-        val_split: split evaluated (mIoU) every ``eval_every`` steps and at the end; None: never.
-        iters: optimiser steps.
+        val_split: split evaluated (mIoU and per-class IoU, whole images at their own size)
+            every ``eval_every`` steps and at the end; None: never.
+        iters: optimiser steps: the length of the lr schedule.
+        stop_at: stop after this step (checkpoint and validation included) although the
+            schedule runs to ``iters``; a later run with a larger ``stop_at`` (or none) resumes
+            from ``OUT/last.pt``. Training in stages on a small machine. None: ``iters``.
+        init: start a new run from trained weights: ``last.pt`` of a run, an exported
+            ``.safetensors`` with its manifest, or the name of embedded weights
+            (``segmenter_camvid``); the model only, with a fresh optimiser and schedule, and the
+            run's model config is the weights' own. Not read when ``OUT/last.pt`` exists (a
+            resume).
+        loss: ``ce`` (cross-entropy), ``mfb`` (cross-entropy weighted by median frequency
+            balancing over the training labels, cached in ``OUT/class_weights.json``) or
+            ``ohem`` (online hard example mining: ``ohem_thresh``, ``ohem_min_kept`` pixels per
+            step).
         batch_size: images per step, over all processes.
         crop: ``(height, width)`` of the training crops (CamVid frames are 360x480).
         scale_range: random resize factor before cropping.
@@ -96,6 +128,8 @@ class SegmentTrainConfig:
     train_splits: tuple[str, ...] = ("train",)
     val_split: str | None = "val"
     iters: int = 10_000
+    stop_at: int | None = None
+    init: str | None = None
     batch_size: int = 8
     crop: tuple[int, int] = (360, 480)
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -107,6 +141,9 @@ class SegmentTrainConfig:
     pool_lr_mult: float = 10.0
     poly_power: float = 0.9
     warmup: int = 0
+    loss: str = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
     sparse_weight: float = SPARSE_LOSS_WEIGHT
     void: int = CAMVID_VOID
     workers: int = 2
@@ -133,7 +170,16 @@ class SegmentTrainConfig:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(_OPTIMIZERS)}; got {self.optimizer!r}"
             )
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        if not 0 < self.ohem_thresh <= 1 or self.ohem_min_kept < 0:
+            raise ConfigError(
+                f"ohem_thresh must be in (0, 1] and ohem_min_kept >= 0, got {self.ohem_thresh} "
+                f"and {self.ohem_min_kept}"
+            )
         check_positive_ints(self, ("iters", "batch_size", "ckpt_every", "log_every"))
+        if self.stop_at is not None and not 0 < self.stop_at <= self.iters:
+            raise ConfigError(f"stop_at must be in 1..iters ({self.iters}), got {self.stop_at}")
         if len(self.crop) != 2 or min(self.crop) < 32:
             raise ConfigError(f"crop must be (height, width) with sides >= 32, got {self.crop}")
         lo, hi = self.scale_range if len(self.scale_range) == 2 else (0, -1)
@@ -175,19 +221,36 @@ def save_train_config(path: str | Path, cfg: SegmentTrainConfig) -> Path:
     return save_config(path, cfg.to_dict())
 
 
-def segment_loss(
-    logits: torch.Tensor, labels: torch.Tensor, void: int = CAMVID_VOID
-) -> torch.Tensor:
-    """Cross-entropy over the pixels that are not void (0 with a gradient when all are void).
+def class_weights(
+    items: list[SegmentItem], num_classes: int, void: int, cache: Path | None = None
+) -> list[float]:
+    """Median-frequency weights of the classes of ``items`` (:func:`median_frequency_weights`).
 
-    Shape:
-        - logits: (B, K, H, W)
-        - labels: (B, H, W) int64
-        - output: ()
+    With ``cache``, the counts and weights are written there as JSON and read back by a later
+    call on the same items (same stems, classes and void), so a resumed run does not count again.
     """
-    valid = (labels != void).sum()
-    total = F.cross_entropy(logits.float(), labels, ignore_index=void, reduction="sum")
-    return total / valid.clamp_min(1)
+    stems = sorted(item.stem for item in items)
+    key = {"num_classes": num_classes, "void": void, "images": len(stems), "stems": stems}
+    if cache is not None and cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if {k: saved.get(k) for k in key} == key:
+                return [float(w) for w in saved["weights"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        log.warning("%s does not match the training labels: counting again", cache)
+    class_pixels, present_pixels = class_pixel_counts(items, num_classes, void)
+    weights = [float(w) for w in median_frequency_weights(class_pixels, present_pixels)]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            **key,
+            "class_pixels": class_pixels.tolist(),
+            "present_pixels": present_pixels.tolist(),
+            "weights": weights,
+        }
+        cache.write_text(json.dumps(record, indent=1) + "\n")
+    return weights
 
 
 def _param_groups(model: Segmenter, cfg: SegmentTrainConfig) -> list[dict]:
@@ -245,7 +308,36 @@ def _evaluate(model: Segmenter, cfg: SegmentTrainConfig, device: torch.device) -
         model, cfg.data, cfg.val_split, device=device, void=cfg.void, amp=cfg.amp
     )
     model.train(was_training)
-    return {"val_miou": result.miou}
+    per_class = {
+        name: (None if math.isnan(iou) else iou)
+        for name, iou in zip(result.class_names, result.per_class, strict=True)
+    }
+    return {"val_miou": result.miou, "val_iou": per_class}
+
+
+def _init_model(
+    cfg: SegmentTrainConfig, last: Path, device: torch.device
+) -> tuple[Segmenter, SegmentTrainConfig]:
+    """The model a run starts from, and the config with the model config it trains."""
+    if cfg.init is None:
+        return Segmenter(cfg.model, pretrained=cfg.pretrained).to(device), cfg
+    if last.exists():
+        # a resume: the run's model config is the init weights' own, kept in its checkpoint
+        # (the init file itself need not be on this machine any more)
+        from finecut.train.common import load_checkpoint
+
+        state = load_checkpoint(last, map_location="cpu")
+        saved = state.get("config", {}).get("model") if isinstance(state, dict) else None
+        if saved is not None:
+            cfg = replace(cfg, model=SegmenterConfig.from_dict(saved))
+        return Segmenter(cfg.model, pretrained=False).to(device), cfg
+    from finecut.segment.predict import load_segmenter
+
+    model = load_segmenter(cfg.init, device=device)
+    if cfg.model != model.config and cfg.model != SegmenterConfig():
+        log.warning("--init %s: training its own model config, not the one given", cfg.init)
+    log.info("initialised from %s", cfg.init)
+    return model, replace(cfg, model=model.config)
 
 
 def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
@@ -259,6 +351,10 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
     device, info = start_training_process(cfg.device, cfg.threads)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    last = out / "last.pt"
+    resuming = last.exists()
+    model, cfg = _init_model(cfg, last, device)
+    opt = _make_optimizer(model, cfg)
 
     items = [item for split in cfg.train_splits for item in segment_items(cfg.data, split)]
     if cfg.val_split is not None:
@@ -272,11 +368,13 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
         seed=cfg.seed,
     )
     per_rank = max(1, cfg.batch_size // info.world_size)
-
-    model = Segmenter(cfg.model, pretrained=cfg.pretrained).to(device)
-    opt = _make_optimizer(model, cfg)
-    last = out / "last.pt"
-    resuming = last.exists()
+    weight = None
+    if cfg.loss == "mfb":
+        cache = out / "class_weights.json"
+        weight = torch.tensor(
+            class_weights(items, cfg.model.num_classes, cfg.void, cache if info.is_main else None)
+        )
+        log.info("median-frequency class weights: %s", ", ".join(f"{w:.3f}" for w in weight))
     step = resume(
         last, model, opt, kind=CHECKPOINT_KIND, what="a segmenter",
         model_config=cfg.model.to_dict(), device=device,
@@ -307,15 +405,16 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
     writer = _tensorboard(cfg, out, info.is_main)
     search = cfg.model.search
 
+    stop = cfg.iters if cfg.stop_at is None else cfg.stop_at
     bar = None
-    if progress and info.is_main and step < cfg.iters:
+    if progress and info.is_main and step < stop:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.iters, initial=step, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=stop, initial=step, unit="it", dynamic_ncols=True)
     net.train()
     t0, seen = time.time(), 0
     try:
-        batches = iter(loader) if step < cfg.iters else iter(())
+        batches = iter(loader) if step < stop else iter(())
         for image, labels in batches:
             lr = poly_lr(step, cfg.iters, cfg.lr, cfg.poly_power, cfg.warmup)
             for group in opt.param_groups:
@@ -324,7 +423,10 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = net(image)
-            task = segment_loss(logits, labels, cfg.void)
+            keep = None
+            if cfg.loss == "ohem":
+                keep = ohem_keep(logits, labels, cfg.void, cfg.ohem_thresh, cfg.ohem_min_kept)
+            task = segment_loss(logits, labels, cfg.void, weight, keep)
             loss = task
             record: dict[str, float] = {}
             if search:
@@ -344,9 +446,9 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             evaluate = cfg.val_split is not None and (
-                step == cfg.iters or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
+                step == stop or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
             )
-            if step % cfg.log_every == 0 or step == cfg.iters or evaluate:
+            if step % cfg.log_every == 0 or step == stop or evaluate:
                 with torch.no_grad():
                     valid = labels != cfg.void
                     pred = logits.detach().argmax(1)
@@ -365,9 +467,13 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
                 logger.write({**record, "time": time.time()})
                 if writer is not None:
                     for key, value in record.items():
-                        if key not in ("step", "epoch"):
+                        if key == "val_iou":
+                            for name, iou in value.items():
+                                if iou is not None:
+                                    writer.add_scalar(f"val_iou/{name}", iou, step)
+                        elif key not in ("step", "epoch"):
                             writer.add_scalar(key, value, step)
-            if info.is_main and (step % cfg.ckpt_every == 0 or step == cfg.iters):
+            if info.is_main and (step % cfg.ckpt_every == 0 or step == stop):
                 save_checkpoint(
                     last,
                     {
@@ -379,7 +485,7 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
                         "config": cfg.to_dict(),
                     },
                 )
-            if step >= cfg.iters:
+            if step >= stop:
                 break
     finally:
         if bar is not None:

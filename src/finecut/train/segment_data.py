@@ -28,7 +28,14 @@ from finecut.train.embedding_data import CAMVID_VOID, read_label_map
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CAMVID_VOID", "SegmentDataset", "SegmentItem", "load_pair", "segment_items"]
+__all__ = [
+    "CAMVID_VOID",
+    "SegmentDataset",
+    "SegmentItem",
+    "class_pixel_counts",
+    "load_pair",
+    "segment_items",
+]
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -98,6 +105,36 @@ def load_pair(
             f"nor void ({void})"
         )
     return image, labels.astype(np.int64)
+
+
+def class_pixel_counts(
+    items: list[SegmentItem], num_classes: int, void: int = CAMVID_VOID
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class pixel counts of the label maps, what median frequency balancing needs.
+
+    Only the label PNGs are read (367 CamVid training maps: a few seconds).
+
+    Returns:
+        ``(class_pixels, present_pixels)``, both ``(K,)`` int64: the pixels of each class, and
+        the non-void pixels of the images in which that class is present.
+
+    Raises:
+        ImageError: an unreadable label map, or ids that are neither a class nor ``void``.
+    """
+    class_pixels = np.zeros(num_classes, dtype=np.int64)
+    present_pixels = np.zeros(num_classes, dtype=np.int64)
+    for item in items:
+        labels = read_label_map(item.label)
+        ids = labels[labels != void]
+        if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+            raise ImageError(
+                f"label map '{item.label}' holds ids that are neither a class "
+                f"(0..{num_classes - 1}) nor void ({void})"
+            )
+        counts = np.bincount(ids, minlength=num_classes)
+        class_pixels += counts
+        present_pixels[counts > 0] += counts.sum()
+    return class_pixels, present_pixels
 
 
 class SegmentDataset(Dataset):
