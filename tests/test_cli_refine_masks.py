@@ -256,3 +256,29 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
         "photo.png",
     ]  # nothing written
     assert (tmp_path / "mask.png").read_bytes() == mask.read_bytes()
+
+
+@pytest.mark.parametrize(("margin", "keep", "expected"), [("2", True, 2.0), ("-1", False, 0.0)])
+def test_edge_margin_reaches_the_refiner(capsys, tmp_path, monkeypatch, margin, keep, expected):
+    import finecut.refine as refine_pkg
+
+    seen = {}
+
+    class FakeRefiner:
+        def __init__(self, *args, config=None, **kwargs) -> None:
+            seen["config"] = config
+
+        def refine(self, image, mask, **kwargs):
+            return np.where(mask, np.uint8(255), np.uint8(0))
+
+    monkeypatch.setattr(refine_pkg, "Refiner", FakeRefiner)
+    image, labels = _scene()
+    img = _save(tmp_path / "img.png", image)
+    mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
+    code, err = _run(
+        capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", "--edge-margin", margin
+    )
+    assert code == 0, err
+    cfg = seen["config"]
+    assert cfg.keep_edges is keep and cfg.keep_edge_margin == expected
+    assert np.array_equal(_read(tmp_path / "out.png") > 127, labels == 1)

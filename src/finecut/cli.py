@@ -81,6 +81,15 @@ def _add_refine(sub) -> None:
         help="skip edge snapping (matting in a thin band after CRM): the CRM output alone",
     )
     p.add_argument(
+        "--edge-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="do-no-harm edge check: a changed region is kept only if its new boundary lies on "
+        "edges (1 + M) times as strong as the input's there (default 1.0; 2 for masks known to "
+        "be good, e.g. SAM's; a negative M turns the check off)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"
     )
     p.add_argument(
@@ -185,6 +194,12 @@ def _refiner(args):
         # one INFO line per small instance ("copied through") would drown the useful ones
         logging.getLogger("finecut.refine.api").setLevel(logging.WARNING)
 
+    config = None
+    margin = getattr(args, "edge_margin", None)  # only `finecut refine` has --edge-margin
+    if margin is not None:
+        from finecut.refine.inference import InferenceConfig
+
+        config = InferenceConfig(keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0))
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
     if onnx is not None:
         if args.weights is not None or args.device not in (None, "cpu"):
@@ -194,8 +209,8 @@ def _refiner(args):
                 "--onnx runs on the CPU with the weights exported to DIR: drop --weights and "
                 "--device (export other weights with finecut export onnx --weights)"
             )
-        return Refiner(onnx=onnx, threads=args.threads)
-    return Refiner(args.device, weights=args.weights, threads=args.threads)
+        return Refiner(onnx=onnx, threads=args.threads, config=config)
+    return Refiner(args.device, weights=args.weights, threads=args.threads, config=config)
 
 
 def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
