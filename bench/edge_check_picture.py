@@ -16,8 +16,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from coarse_families import _panel  # noqa: E402  (bench/ is the script's folder)
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +40,7 @@ def main() -> None:
     from finecut.train.coarse import seeded_coarse
     from finecut.viz import side_by_side
 
-    (img_path, gt_path), = find_pairs(Path(args.data), [args.stem])
+    ((img_path, gt_path),) = find_pairs(Path(args.data), [args.stem])
     image = read_image(img_path)
     gt = read_mask(gt_path, shape=image.shape[:2], image_path=img_path) > 127
     coarse = seeded_coarse(gt, args.stem, args.family, 0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -76,7 +75,7 @@ def main() -> None:
     conditions = args.conditions.split(",")
     variants = args.variants.split(",")
     tag = hashlib.sha256(
-        (Path(args.weights).read_bytes() if args.weights else b"embedded")
+        Path(args.weights).read_bytes() if args.weights else b"embedded"
     ).hexdigest()[:10]
     cache = Path(args.cache) / tag
     cache.mkdir(parents=True, exist_ok=True)
@@ -107,16 +106,20 @@ def main() -> None:
                             pred = coarse
                         else:
                             base, overrides = _parse_method(
-                                name if name.startswith(("finecut", "crm", "snap"))
-                                else "finecut" + name[len(name.split(":")[0]):]
+                                name
+                                if name.startswith(("finecut", "crm", "snap"))
+                                else "finecut" + name[len(name.split(":")[0]) :]
                             )
                             cfg = replace(refiner.config, **overrides)
                             if base == "crm":
                                 pred = crm > 0.5
                             elif base == "snap":
-                                pred = finish_probability(
-                                    image, coarse, coarse.astype(np.float32), cfg
-                                ) > 0.5
+                                pred = (
+                                    finish_probability(
+                                        image, coarse, coarse.astype(np.float32), cfg
+                                    )
+                                    > 0.5
+                                )
                             else:
                                 plain = replace(cfg, keep_edges=False)
                                 if plain not in finished:
@@ -128,11 +131,15 @@ def main() -> None:
                                     )
                                 pred = prob > 0.5
                         cell[name].append((iou(pred, gt), mba(pred, gt)))
-        print(f"[{n + 1}/{len(pairs)}] {img_path.stem} {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"[{n + 1}/{len(pairs)}] {img_path.stem} {time.perf_counter() - t0:.0f} s", flush=True
+        )
 
     print()
-    print(f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
-          f"{args.weights or 'embedded'}")
+    print(
+        f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
+        f"{args.weights or 'embedded'}"
+    )
     print("| condition | scale | family | " + " | ".join(names) + " |")
     print("|---|---|---|" + "---:|" * len(names))
     summary = {k: [] for k in names}
@@ -144,7 +151,9 @@ def main() -> None:
             harm = float(np.mean(v[:, 0] < base[:, 0] - HARM_MARGIN))
             gain = v.mean(axis=0) - base.mean(axis=0)
             summary[name].append((gain[0], gain[1], harm))
-            out.append(f"{100 * v[:, 0].mean():.2f} / {100 * v[:, 1].mean():.2f} ({100 * harm:.0f})")
+            out.append(
+                f"{100 * v[:, 0].mean():.2f} / {100 * v[:, 1].mean():.2f} ({100 * harm:.0f})"
+            )
         print(f"| {cond} | {s:g}x | {fam} | " + " | ".join(out) + " |")
     print()
     for name in names:
