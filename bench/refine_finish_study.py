@@ -63,7 +63,7 @@ def main() -> None:
     from finecut.data.io import read_image, read_mask
     from finecut.metrics import iou, mba
     from finecut.refine.api import Refiner, finish_probability
-    from finecut.refine.evaluate import HARM_MARGIN, _parse_method, upsample_case
+    from finecut.refine.evaluate import HARM_MARGIN, _parse_method, snap_alone, upsample_case
     from finecut.refine.support import revert_unsupported
     from finecut.train.coarse import seeded_coarse
 
@@ -82,6 +82,12 @@ def main() -> None:
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
 
     names = ["coarse", *variants]
+    methods = {}  # name -> (crm | snap | finecut, its InferenceConfig); any other label is finecut
+    for name in variants:
+        label, _, opts = name.partition(":")
+        base = label if label in ("crm", "snap", "finecut") else "finecut"
+        base, overrides = _parse_method(f"{base}:{opts}" if opts else base)
+        methods[name] = (base, replace(refiner.config, **overrides))
     rows = {}  # (cond, scale, fam) -> name -> list of (iou, mba)
     t0 = time.perf_counter()
     for n, (img_path, gt_path) in enumerate(pairs):
@@ -105,21 +111,11 @@ def main() -> None:
                         if name == "coarse":
                             pred = coarse
                         else:
-                            base, overrides = _parse_method(
-                                name
-                                if name.startswith(("finecut", "crm", "snap"))
-                                else "finecut" + name[len(name.split(":")[0]) :]
-                            )
-                            cfg = replace(refiner.config, **overrides)
+                            base, cfg = methods[name]
                             if base == "crm":
                                 pred = crm > 0.5
                             elif base == "snap":
-                                pred = (
-                                    finish_probability(
-                                        image, coarse, coarse.astype(np.float32), cfg
-                                    )
-                                    > 0.5
-                                )
+                                pred = snap_alone(image, coarse)
                             else:
                                 plain = replace(cfg, keep_edges=False)
                                 if plain not in finished:

@@ -36,6 +36,7 @@ __all__ = [
     "evaluate_refine",
     "format_family_table",
     "format_table",
+    "snap_alone",
     "synth_coarse",
     "upsample_case",
 ]
@@ -223,6 +224,17 @@ def _parse_method(spec: str):
     return name, overrides
 
 
+def snap_alone(image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """The snapping-alone baseline: finecut's default snapping applied to the coarse mask itself,
+    no CRM (the gate then changes nothing) and no edge check (it would judge the snapping's
+    changes; the baseline is snapping as it is). Shape: (H, W, 3) uint8, (H, W) bool -> bool."""
+    from finecut.refine.api import finish_probability
+    from finecut.refine.inference import InferenceConfig
+
+    cfg = InferenceConfig(keep_edges=False)
+    return finish_probability(image, coarse, coarse.astype(np.float32), cfg) > 0.5
+
+
 def upsample_case(
     image: np.ndarray, gt: np.ndarray, coarse: np.ndarray, factor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,7 +280,6 @@ def evaluate_families(
 
     from finecut.refine.api import Refiner, finish_probability
     from finecut.refine.baselines import guided_filter_refine
-    from finecut.refine.inference import InferenceConfig
 
     parsed = [(m, *_parse_method(m)) for m in methods]
     refiner = None
@@ -299,13 +310,7 @@ def evaluate_families(
                     if name == "guided":
                         pred = guided_filter_refine(image, coarse)
                     elif name == "snap":
-                        # finecut's own finishing applied to the coarse mask itself (the gate
-                        # then changes nothing) without the edge check: snapping alone
-                        prob = finish_probability(
-                            image, coarse, coarse.astype(np.float32),
-                            InferenceConfig(keep_edges=False),
-                        )
-                        pred = prob > 0.5
+                        pred = snap_alone(image, coarse)
                     else:
                         # rows that differ only in the gate or the snapping share one CRM run
                         cfg = replace(refiner.config, **overrides)
