@@ -282,3 +282,12 @@ def test_edge_margin_reaches_the_refiner(capsys, tmp_path, monkeypatch, margin, 
     cfg = seen["config"]
     assert cfg.keep_edges is keep and cfg.keep_edge_margin == expected
     assert np.array_equal(_read(tmp_path / "out.png") > 127, labels == 1)
+
+
+@pytest.mark.parametrize("margin", ["nan", "inf", "abc"])
+def test_edge_margin_must_be_a_finite_number(capsys, tmp_path, margin) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["refine", "a.jpg", "--mask", "b.png", "-o", str(tmp_path / "o.png"),
+              "--edge-margin", margin])  # fmt: skip
+    assert exc.value.code == 2
+    assert f"--edge-margin: {margin!r} is not a finite number" in capsys.readouterr().err

@@ -31,6 +31,19 @@ def _stems_arg(text: str) -> list[str]:
 _LABELS_HINT = "pass it with --instances to refine each label into a label map"
 
 
+def _finite_float(text: str) -> float:
+    """argparse type: a float that is not NaN or infinite (argparse reports the refusal)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _add_refine(sub) -> None:
     p = sub.add_parser(
         "refine",
@@ -82,7 +95,7 @@ def _add_refine(sub) -> None:
     )
     p.add_argument(
         "--edge-margin",
-        type=float,
+        type=_finite_float,
         default=None,
         metavar="M",
         help="do-no-harm edge check: a changed region is kept only if its new boundary lies on "
