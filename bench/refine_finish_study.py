@@ -26,20 +26,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-
-
-def degrade(image: np.ndarray, condition: str) -> np.ndarray:
-    if condition == "clean":
-        return image
-    if condition == "video":
-        img = cv2.GaussianBlur(image, (0, 0), 1.2)
-        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 40])
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
-    raise SystemExit(f"unknown condition {condition!r}")
 
 
 def main() -> None:
@@ -52,6 +41,9 @@ def main() -> None:
     p.add_argument("--conditions", default="clean,video")
     p.add_argument("--variants", default="default")
     p.add_argument("--weights", default=None)
+    p.add_argument(
+        "--keep-model", default=None, help="a keep model JSON for keep_learned=1 variants"
+    )
     p.add_argument("--cache", default=str(HERE.parent / ".." / "data" / "finish_cache"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -64,8 +56,10 @@ def main() -> None:
     from finecut.metrics import iou, mba
     from finecut.refine.api import Refiner, finish_probability
     from finecut.refine.evaluate import HARM_MARGIN, _parse_method, snap_alone, upsample_case
+    from finecut.refine.keep import keep_probabilities, load_keep_model, undo_regions
     from finecut.refine.support import revert_unsupported
     from finecut.train.coarse import seeded_coarse
+    from finecut.train.keep import degrade_photo
 
     torch.set_num_threads(args.threads)
     stems = parse_stems(args.stems)[:: args.every]
@@ -80,6 +74,7 @@ def main() -> None:
     cache = Path(args.cache) / tag
     cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
+    keep_model = load_keep_model(args.keep_model) if args.keep_model else None
 
     names = ["coarse", *variants]
     methods = {}  # name -> (crm | snap | finecut, its InferenceConfig); any other label is finecut
@@ -94,7 +89,7 @@ def main() -> None:
         image0 = read_image(img_path)
         gt0 = read_mask(gt_path, shape=image0.shape[:2], image_path=img_path) > 127
         for cond in conditions:
-            photo0 = degrade(image0, cond)
+            photo0 = degrade_photo(image0, cond)
             for fam in families:
                 coarse0 = seeded_coarse(gt0, img_path.stem, fam, args.seed)
                 for s in scales:
@@ -102,9 +97,20 @@ def main() -> None:
                     f = cache / f"{img_path.stem}_{cond}_{fam}_{s:g}.npy"
                     if f.exists():
                         crm = np.load(f).astype(np.float32)
-                    else:
+                    else:  # the float16 values, as a rerun reads them
                         crm = refiner._crm_probability(image, coarse, refiner.config)
                         np.save(f, crm.astype(np.float16))
+                        crm = crm.astype(np.float16).astype(np.float32)
+
+                    def stored(what: str, fn, case=f.stem):
+                        # the snapping is the slow part of a variant: its outputs are cached too
+                        g = cache / f"{case}_{what}.npy"
+                        if g.exists():
+                            return np.load(g).astype(np.float32)
+                        out = np.asarray(fn(), np.float16)
+                        np.save(g, out)
+                        return out.astype(np.float32)
+
                     cell = rows.setdefault((cond, s, fam), {k: [] for k in names})
                     finished = {}  # variants that differ only in the edge check share the rest
                     for name in names:
@@ -115,13 +121,36 @@ def main() -> None:
                             if base == "crm":
                                 pred = crm > 0.5
                             elif base == "snap":
-                                pred = snap_alone(image, coarse)
+                                pred = (
+                                    stored("snap", lambda i=image, c=coarse: snap_alone(i, c)) > 0.5
+                                )
                             else:
-                                plain = replace(cfg, keep_edges=False)
+                                plain = replace(
+                                    cfg,
+                                    keep_edges=False,
+                                    keep_edge_margin=1.0,
+                                    keep_learned=False,
+                                    keep_threshold=-1.0,
+                                )
                                 if plain not in finished:
-                                    finished[plain] = finish_probability(image, coarse, crm, plain)
+                                    key = hashlib.sha256(repr(plain).encode()).hexdigest()[:8]
+                                    finished[plain] = stored(
+                                        f"finish{key}",
+                                        lambda i=image, c=coarse, p=crm, k=plain: (
+                                            finish_probability(i, c, p, k)
+                                        ),
+                                    )
                                 prob = finished[plain]
-                                if cfg.keep_edges:
+                                if cfg.keep_learned:
+                                    if ("keep", plain) not in finished:
+                                        finished[("keep", plain)] = keep_probabilities(
+                                            image, coarse, prob, crm, keep_model
+                                        )
+                                    box, labels, pk = finished[("keep", plain)]
+                                    t = cfg.keep_threshold
+                                    t = t if t >= 0 else keep_model.threshold
+                                    prob = undo_regions(prob, coarse, box, labels, pk, t)
+                                elif cfg.keep_edges:
                                     prob = revert_unsupported(
                                         image, coarse, prob, cfg.keep_edge_margin
                                     )

@@ -41,6 +41,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None)
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="folder caching the CRM probabilities (a subfolder per weights file and seed is "
+        "made): later runs with other finecut finishing rows skip the CRM",
+    )
     args = p.parse_args()
     if not os.path.isdir(args.data):
         raise SystemExit(f"no data at {args.data}")
@@ -71,6 +77,7 @@ def main() -> None:
         weights=args.weights,
         threads=args.threads,
         progress=True,
+        cache=_cache_dir(args),
     )
     print(
         f"{args.data}: {len(stems)} images (every {args.every}), seed {args.seed}, weights "
@@ -79,6 +86,19 @@ def main() -> None:
     )
     print()
     print(format_family_table(results))
+
+
+def _cache_dir(args):
+    if not args.cache:
+        return None
+    import hashlib
+    from pathlib import Path
+
+    from finecut.weights import WEIGHTS_DIR, sha256_file
+
+    weights = Path(args.weights) if args.weights else WEIGHTS_DIR / "crm_lite0.safetensors"
+    data = hashlib.sha256(os.path.abspath(args.data).encode()).hexdigest()[:6]
+    return Path(args.cache) / f"{sha256_file(weights)[:10]}_seed{args.seed}_{data}"
 
 
 if __name__ == "__main__":

@@ -877,6 +877,25 @@ def _add_train(sub) -> None:
     e.add_argument("--no-pretrained", action="store_true", help="random encoder init (tests)")
     e.set_defaults(func=_cmd_train_embedding)
 
+    k = tsub.add_parser(
+        "keep",
+        help="train the refiner's keep model (which changed regions to trust) on training images",
+        description="Refine coarse masks of every family made from the ground truth of a folder "
+        "with images/ and masks/ (one scale and photo condition drawn per image), and fit the "
+        "logistic keep model on the changed regions. Writes OUT.safetensors and OUT.json.",
+    )
+    k.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
+    k.add_argument("--exclude", type=Path, default=None, help="a file of stems to leave out")
+    k.add_argument("--images", type=int, default=120)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--threshold", type=float, default=0.5, help="keep a region at p >= this")
+    k.add_argument("--l2", type=float, default=1e-2)
+    k.add_argument("--weights", default=None, help="refiner weights (default: embedded)")
+    k.add_argument("--cache", type=Path, default=None, help="folder caching CRM probabilities")
+    k.add_argument("--out", type=Path, default=Path("runs/keep/refine_keep"))
+    k.add_argument("--threads", type=int, default=None)
+    k.set_defaults(func=_cmd_train_keep)
+
     from finecut.segment.commands import add_train_parser
 
     add_train_parser(tsub)
@@ -964,6 +983,36 @@ def _cmd_train_embedding(args) -> int:
     )
     last = train_embedding(cfg, progress=sys.stderr.isatty())
     log.info("checkpoint: %s", last)
+    return 0
+
+
+def _cmd_train_keep(args) -> int:
+    from finecut.errors import ConfigError
+    from finecut.refine.api import Refiner
+    from finecut.train.keep import KeepTrainConfig, train_keep
+
+    if not 0 < args.threshold < 1:
+        raise ConfigError(f"--threshold must be in (0, 1), not {args.threshold}")
+    if args.images < 1:
+        raise ConfigError(f"--images must be at least 1, not {args.images}")
+    if args.exclude is not None and not args.exclude.is_file():
+        raise ConfigError(f"--exclude {str(args.exclude)!r} is not a file")
+    cfg = KeepTrainConfig(images=args.images, seed=args.seed, l2=args.l2)
+    refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
+    command = "finecut " + " ".join(args.argv)
+    try:
+        _, info = train_keep(
+            args.data, args.out, refiner, cfg, exclude=args.exclude, threshold=args.threshold,
+            cache=args.cache, manifest={"command": command},
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    fit = info["fit"]
+    log.info(
+        "%d regions of %d cases: weighted accuracy %.3f (right share %.3f); wrote %s",
+        fit["regions"], info["cases"], fit["weighted_accuracy"], fit["weighted_right_share"],
+        args.out.with_suffix(".safetensors"),
+    )
     return 0
 
 
@@ -1180,6 +1229,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by training commands
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )

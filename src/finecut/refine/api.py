@@ -282,7 +282,11 @@ class Refiner:
 
 
 def finish_probability(
-    rgb: np.ndarray, coarse: np.ndarray, crm: np.ndarray, cfg: InferenceConfig
+    rgb: np.ndarray,
+    coarse: np.ndarray,
+    crm: np.ndarray,
+    cfg: InferenceConfig,
+    keep_model=None,
 ) -> np.ndarray:
     """The do-no-harm gate and edge snapping applied to a CRM probability, per ``cfg``.
 
@@ -298,7 +302,13 @@ def finish_probability(
     if cfg.snap:
         band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
         prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
-    if cfg.keep_edges:
+    if cfg.keep_learned:
+        from finecut.refine.keep import apply_keep, default_keep_model
+
+        model = keep_model if keep_model is not None else default_keep_model()
+        threshold = cfg.keep_threshold if cfg.keep_threshold >= 0 else None
+        prob = apply_keep(rgb, coarse, prob, crm, model, threshold)
+    elif cfg.keep_edges:
         prob = revert_unsupported(rgb, coarse, prob, cfg.keep_edge_margin)
     return prob
 

@@ -268,13 +268,18 @@ def evaluate_families(
     weights=None,
     threads: int | None = None,
     progress: bool = False,
+    cache: Path | None = None,
 ) -> dict[tuple[float, str], list[FamilyResult]]:
     """IoU, mBA and harm share per (scale, family): the coarse input first, then each method.
 
     ``coarse_fn(gt, stem, family)`` makes the coarse mask of one image at its native size (a
     deterministic function: every method sees the same input); it is upsampled with the photo
     (:func:`upsample_case`). The CRM runs once per case; ``crm`` and every ``finecut`` row share
-    that run (their seconds include it).
+    that run (their seconds include it). With ``cache`` (a folder, one per weights file and
+    coarse-mask seed: the caller's to choose), each CRM probability is stored there as float16
+    and read back on a later run, so finishing variants can be added without the CRM's cost;
+    the float16 values are used on the first run too, so a rerun gives the same table (the
+    seconds of a cached row leave out the CRM).
     """
     from dataclasses import replace
 
@@ -316,12 +321,21 @@ def evaluate_families(
                         cfg = replace(refiner.config, **overrides)
                         key = tuple(
                             sorted(
-                                (k, v) for k, v in overrides.items()
+                                (k, v)
+                                for k, v in overrides.items()
                                 if not k.startswith(("keep_", "snap"))
                             )
                         )
                         if key not in crms:
-                            crm = refiner._crm_probability(image, coarse, cfg)
+                            crm = _cached_crm(
+                                refiner,
+                                image,
+                                coarse,
+                                cfg,
+                                cache,
+                                key,
+                                f"{img_path.stem}_{fam}_{s:g}",
+                            )
                             crms[key] = (crm, time.perf_counter() - t0)
                             t0 = time.perf_counter()
                         crm, extra = crms[key]
@@ -331,6 +345,20 @@ def evaluate_families(
                             pred = finish_probability(image, coarse, crm, cfg) > 0.5
                     row.add(pred, gt, time.perf_counter() - t0 + extra)
     return out
+
+
+def _cached_crm(refiner, image, coarse, cfg, cache: Path | None, key: tuple, case: str):
+    """The CRM probability of one case, from ``cache`` when it holds it (see evaluate_families)."""
+    if cache is None:
+        return refiner._crm_probability(image, coarse, cfg)
+    tag = f"_{zlib.crc32(repr(key).encode()):08x}" if key else ""
+    path = Path(cache) / f"{case}{tag}.npy"
+    if path.is_file():
+        return np.load(path).astype(np.float32)
+    crm = refiner._crm_probability(image, coarse, cfg).astype(np.float16)
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    np.save(path, crm)
+    return crm.astype(np.float32)
 
 
 def format_family_table(results: dict[tuple[float, str], list[FamilyResult]]) -> str:

@@ -99,6 +99,10 @@ class InferenceConfig:
             without the check) and cut the share of harmed images from 44% to 15.5%; margin 2.0
             harms 5% but gives up more of the gain on low-resolution masks.
         keep_edge_margin: see ``keep_edges``.
+        keep_learned: do-no-harm by the learned keep model (:mod:`finecut.refine.keep`) instead
+            of the edge check: each changed region is kept when the model's probability that
+            the change is right is at least ``keep_threshold``.
+        keep_threshold: see ``keep_learned``; negative takes the model's own threshold.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -123,6 +127,8 @@ class InferenceConfig:
     keep_confidence: float = 0.3
     keep_edges: bool = True
     keep_edge_margin: float = 1.0
+    keep_learned: bool = False
+    keep_threshold: float = -1.0
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -1,0 +1,271 @@
+"""A learned "keep" decision per changed region: undo the refiner's changes that are likely wrong.
+
+The edge check (:mod:`finecut.refine.support`) keeps a changed region when the output's boundary
+next to it lies on stronger colour edges than the input's. One margin for every region cannot
+tell a low-resolution mask (whose changes are wide and mostly right) from a near-perfect one
+(whose changes are slivers and mostly wrong). Here each connected region where the finished mask
+differs from the input is described by a few numbers (its size, thickness and reach from the
+input boundary, the edge support on both sides, the CRM's confidence in it, how well the input's
+boundary already follows edges, how much of the image changed) and a small logistic model trained
+on training-side images (``finecut train keep``) gives the probability that the change is right.
+Regions below ``threshold`` take the input's value.
+
+Written here because no library judges a mask edit region by region; the pieces are OpenCV's
+(connected components, distance transforms, dilation) and numpy's.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from finecut.refine.support import _boundary, edge_strength
+
+__all__ = [
+    "FEATURES",
+    "KeepModel",
+    "apply_keep",
+    "default_keep_model",
+    "keep_probabilities",
+    "load_keep_model",
+    "region_features",
+    "undo_regions",
+]
+
+#: The names of the columns of :func:`region_features`, in order.
+FEATURES = (
+    "log_area",
+    "log_area_per_outline",
+    "added",
+    "support_in",
+    "support_out",
+    "log_support_ratio",
+    "has_in_boundary",
+    "has_out_boundary",
+    "crm_confidence",
+    "crm_agrees",
+    "log_thickness",
+    "log_reach",
+    "outline_support",
+    "log_changed_per_outline",
+    "log_long_side",
+)
+
+
+def _changed_box(changed: np.ndarray, pad: int) -> tuple[slice, slice]:
+    h, w = changed.shape
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    return np.s_[
+        max(0, rows[0] - pad) : min(h, rows[-1] + pad + 1),
+        max(0, cols[0] - pad) : min(w, cols[-1] + pad + 1),
+    ]
+
+
+def region_features(
+    rgb: np.ndarray, coarse: np.ndarray, prob: np.ndarray, crm: np.ndarray, reach: int = 2
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """The changed regions of ``prob`` against ``coarse`` and one row of features per region.
+
+    ``prob`` is the finished probability (gate and snapping applied), ``crm`` the CRM's own.
+    Returns ``(box, labels, features)``: ``labels`` is the (h, w) region map of the image crop
+    ``box`` (0 = unchanged, region k = row k - 1 of ``features``), ``features`` is
+    ``(n_regions, len(FEATURES))`` float64. No regions: an empty box and a (0, F) array.
+
+    Shape:
+        rgb: (H, W, 3) uint8; coarse: (H, W) bool; prob, crm: (H, W) float.
+    """
+    new = prob > 0.5
+    changed = new != coarse
+    if not changed.any():
+        return np.s_[0:0, 0:0], np.zeros((0, 0), np.int32), np.zeros((0, len(FEATURES)))
+    h, w = coarse.shape
+    box = _changed_box(changed, reach + 8)
+    n, labels = cv2.connectedComponents(changed[box].view(np.uint8), connectivity=8)
+    idx = labels.ravel()
+    area = np.bincount(idx, minlength=n).astype(np.float64)
+
+    # edge support of the input's and the output's boundary within reach of each region, in
+    # units of the image's own contrast (the 95th percentile of the gradient in the box), so a
+    # soft video frame and a crisp photo read alike
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    near = cv2.dilate(labels.astype(np.float32), kernel).astype(np.int64)
+    g = edge_strength(rgb[box])
+    scale = float(np.percentile(g, 95)) + 1e-3
+    g = g / scale
+    support = []
+    for mask in (coarse[box], new[box]):
+        b = _boundary(mask) & (near > 0)
+        count = np.bincount(near[b], minlength=n)
+        total = np.bincount(near[b], weights=g[b], minlength=n)
+        support.append((count, total / np.maximum(count, 1)))
+    (c0, s0), (c1, s1) = support
+
+    # the whole input outline: its length and how well it follows edges (image-level)
+    outline = _boundary(coarse)
+    outline_len = float(outline.sum()) + 1.0
+    ob = outline[box]
+    outline_support = float(g[ob].mean()) if ob.any() else 0.0
+    changed_per_outline = float(changed.sum()) / outline_len
+
+    # the CRM's confidence in each region and whether the CRM itself made the change
+    crm_box = crm[box].astype(np.float64)
+    conf = np.bincount(idx, weights=np.abs(crm_box.ravel() - 0.5) * 2, minlength=n)
+    agrees = np.bincount(idx, weights=((crm_box > 0.5) == new[box]).ravel(), minlength=n)
+    # thickness: the largest distance to the region's own edge; reach: the largest distance
+    # from the input's boundary
+    inside = cv2.distanceTransform((labels > 0).view(np.uint8) * 255, cv2.DIST_L2, 3)
+    from_outline = cv2.distanceTransform((~ob).view(np.uint8) * 255, cv2.DIST_L2, 3)
+    index = np.arange(n)
+    thick = np.asarray(ndimage.maximum(inside, labels, index), np.float64)
+    reach_px = np.asarray(ndimage.maximum(from_outline, labels, index), np.float64)
+    added = np.bincount(idx, weights=new[box].ravel().astype(np.float64), minlength=n)
+
+    a = np.maximum(area, 1.0)
+    f = np.stack(
+        [
+            np.log1p(area),
+            np.log(a / outline_len),
+            added / a,
+            s0,
+            s1,
+            np.log((s1 + 0.05) / (s0 + 0.05)),
+            (c0 > 0).astype(np.float64),
+            (c1 > 0).astype(np.float64),
+            conf / a,
+            agrees / a,
+            np.log1p(thick),
+            np.log1p(reach_px),
+            np.full(n, outline_support),
+            np.full(n, np.log(changed_per_outline + 1e-4)),
+            np.full(n, np.log(max(h, w))),
+        ],
+        axis=1,
+    )
+    return box, labels, f[1:]
+
+
+@dataclass(frozen=True)
+class KeepModel:
+    """Logistic regression on standardised :data:`FEATURES`: p = sigmoid(w . (x - mean) / std + b).
+
+    ``threshold``: a region is kept when p >= threshold (chosen on training-side images)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    weight: np.ndarray
+    bias: float
+    threshold: float = 0.5
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        z = (features - self.mean) / self.std @ self.weight + self.bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Write the model as safetensors (float64 arrays; the feature names in the metadata)."""
+        from safetensors.numpy import save_file
+
+        tensors = {
+            "mean": self.mean,
+            "std": self.std,
+            "weight": self.weight,
+            "bias": np.array([self.bias]),
+            "threshold": np.array([self.threshold]),
+        }
+        meta = {"features": ",".join(FEATURES), **(metadata or {})}
+        save_file(
+            {k: np.ascontiguousarray(v, np.float64) for k, v in tensors.items()}, str(path), meta
+        )
+
+
+def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> KeepModel:
+    """A :class:`KeepModel` from its safetensors file, its sha256 checked when one is given.
+
+    Raises:
+        WeightsError: a missing, corrupt or foreign file.
+    """
+    from safetensors import safe_open
+
+    from finecut.errors import WeightsError
+    from finecut.weights import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"keep model {str(path)!r} not found")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise WeightsError(
+            f"keep model {str(path)!r} is corrupt: its sha256 does not match the recorded "
+            f"{expected_sha256[:12]}... (reinstall finecut)"
+        )
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            arrays = {k: fh.get_tensor(k).astype(np.float64) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types on bad headers
+        raise WeightsError(f"keep model {str(path)!r} cannot be read: {exc}") from None
+    if meta.get("features", "").split(",") != list(FEATURES):
+        raise WeightsError(f"keep model {str(path)!r}: its features are not this version's")
+    try:
+        vectors = [arrays[k] for k in ("mean", "std", "weight")]
+        bias, threshold = float(arrays["bias"][0]), float(arrays["threshold"][0])
+    except (KeyError, IndexError):
+        raise WeightsError(
+            f"keep model {str(path)!r} lacks mean, std, weight, bias or threshold"
+        ) from None
+    if any(v.shape != (len(FEATURES),) for v in vectors):
+        raise WeightsError(f"keep model {str(path)!r}: one value per feature is needed")
+    return KeepModel(*vectors, bias=bias, threshold=threshold)
+
+
+@functools.lru_cache(maxsize=1)
+def default_keep_model() -> KeepModel:
+    """The embedded keep model (``finecut/weights/refine_keep.safetensors``), sha256-checked."""
+    from finecut.weights import WEIGHTS_DIR, load_manifest
+
+    manifest = load_manifest("refine_keep")
+    return load_keep_model(WEIGHTS_DIR / "refine_keep.safetensors", manifest["sha256"])
+
+
+def keep_probabilities(
+    rgb: np.ndarray, coarse: np.ndarray, prob: np.ndarray, crm: np.ndarray, model: KeepModel
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """``(box, labels, p)``: the changed regions (as :func:`region_features`) and the model's
+    probability that each change is right (``p[k - 1]`` for region ``k``)."""
+    box, labels, feats = region_features(rgb, coarse, prob, crm)
+    return box, labels, model.probability(feats) if len(feats) else np.zeros(0)
+
+
+def undo_regions(
+    prob: np.ndarray, coarse: np.ndarray, box, labels: np.ndarray, p: np.ndarray, threshold: float
+) -> np.ndarray:
+    """``prob`` with the regions whose ``p`` is below ``threshold`` set to the input's value."""
+    prob = prob.astype(np.float32, copy=False)
+    undo = np.concatenate([[False], p < threshold])
+    if not undo.any():
+        return prob
+    out = prob.copy()
+    region = undo[labels]
+    out[box][region] = coarse[box][region].astype(np.float32)
+    return out
+
+
+def apply_keep(
+    rgb: np.ndarray,
+    coarse: np.ndarray,
+    prob: np.ndarray,
+    crm: np.ndarray,
+    model: KeepModel,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """``prob`` with every changed region the model does not trust set back to the input's value.
+
+    Shape:
+        rgb: (H, W, 3) uint8; coarse: (H, W) bool; prob, crm: (H, W) float -> (H, W) float32.
+    """
+    box, labels, p = keep_probabilities(rgb, coarse, prob, crm, model)
+    t = model.threshold if threshold is None else threshold
+    return undo_regions(prob, coarse, box, labels, p, t)

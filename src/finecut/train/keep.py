@@ -1,0 +1,230 @@
+"""Train the refiner's "keep" model (:mod:`finecut.refine.keep`) on training-side images.
+
+Cases: DUTS-TR images that the hold-out list leaves for training, each with every coarse family
+(:func:`finecut.train.coarse.seeded_coarse`), at a scale and photo condition drawn per image
+(clean, or video-like: blur and JPEG). The refiner's CRM probability of each case is cached (it
+is the slow part), the finishing (gate and snapping) applied, and every connected region where
+the finished mask differs from the input is one example: its :data:`FEATURES` and whether the
+change is right (most of its pixels then agree with the ground truth), weighted by its area in
+units of the image's outline so that every image counts about alike.
+
+The fit is an L2-regularised logistic regression by SciPy's L-BFGS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from finecut.refine.keep import FEATURES, KeepModel, region_features
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KeepTrainConfig", "degrade_photo", "fit_keep", "gather_regions"]
+
+
+def degrade_photo(image: np.ndarray, condition: str) -> np.ndarray:
+    """The photo as it is (``clean``) or as a video frame has it (``video``: Gaussian blur of
+    1.2 px and JPEG at quality 40)."""
+    if condition == "clean":
+        return image
+    if condition == "video":
+        img = cv2.GaussianBlur(image, (0, 0), 1.2)
+        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 40])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+    raise ValueError(f"unknown photo condition {condition!r}; choose clean or video")
+
+
+@dataclass
+class KeepTrainConfig:
+    """Which training-side cases :func:`gather_regions` makes.
+
+    Attributes:
+        images: how many images (drawn with ``seed`` from the stems left for training).
+        families: coarse families, every one for every image.
+        scales / scale_p: the scale drawn per image and its probabilities.
+        conditions: photo conditions, one drawn per image.
+        l2: weight of the L2 penalty of the fit (on standardised features).
+    """
+
+    images: int = 120
+    families: tuple[str, ...] = ("lowres", "sam", "polygon", "brush", "perturb", "identity")
+    scales: tuple[float, ...] = (1.0, 2.0, 4.0)
+    scale_p: tuple[float, ...] = (0.45, 0.35, 0.2)
+    conditions: tuple[str, ...] = ("clean", "video")
+    seed: int = 0
+    l2: float = 1e-2
+
+
+def gather_regions(
+    pairs: list[tuple[Path, Path]], refiner, cfg: KeepTrainConfig, cache: Path | None = None
+) -> dict[str, np.ndarray]:
+    """Features, labels and weights of every changed region of every case of ``pairs``.
+
+    Returns arrays ``x`` (n, F), ``y`` (n,) 0/1, ``w`` (n,), ``case`` (n,) the case index, and
+    per case ``case_family``, ``case_scale``, ``case_condition``, ``case_stem``.
+    """
+    from finecut.data.io import read_image, read_mask
+    from finecut.refine.api import finish_probability
+    from finecut.refine.evaluate import upsample_case
+    from finecut.train.coarse import seeded_coarse
+
+    rng = np.random.default_rng(cfg.seed)
+    finish_cfg = replace(refiner.config, keep_edges=False)
+    xs, ys, ws, cs = [], [], [], []
+    meta = {"case_family": [], "case_scale": [], "case_condition": [], "case_stem": []}
+    t0 = time.perf_counter()
+    for n, (img_path, gt_path) in enumerate(pairs):
+        image0 = read_image(img_path)
+        gt0 = read_mask(gt_path, shape=image0.shape[:2], image_path=img_path) > 127
+        scale = float(rng.choice(cfg.scales, p=cfg.scale_p))
+        cond = str(rng.choice(cfg.conditions))
+        photo0 = degrade_photo(image0, cond)
+        for fam in cfg.families:
+            coarse0 = seeded_coarse(gt0, img_path.stem, fam, cfg.seed)
+            image, gt, coarse = upsample_case(photo0, gt0, coarse0, scale)
+            f = cache / f"{img_path.stem}_{cond}_{fam}_{scale:g}.npy" if cache else None
+            if f is not None and f.exists():
+                crm = np.load(f).astype(np.float32)
+            else:
+                crm = refiner._crm_probability(image, coarse, refiner.config)
+                if f is not None:  # use what the cache holds, so a rerun gives the same fit
+                    crm = crm.astype(np.float16)
+                    np.save(f, crm)
+                    crm = crm.astype(np.float32)
+            prob = finish_probability(image, coarse, crm, finish_cfg)
+            box, labels, feats = region_features(image, coarse, prob, crm)
+            if len(feats):
+                new = prob[box] > 0.5
+                idx = labels.ravel()
+                k = len(feats) + 1
+                area = np.bincount(idx, minlength=k)[1:].astype(np.float64)
+                right = np.bincount(idx, weights=(new == gt[box]).ravel(), minlength=k)[1:]
+                outline = max(
+                    1.0,
+                    float(np.count_nonzero(gt[1:] != gt[:-1]))
+                    + float(np.count_nonzero(gt[:, 1:] != gt[:, :-1])),
+                )
+                xs.append(feats)
+                ys.append((right > area / 2).astype(np.float64))
+                ws.append(area / outline)
+                cs.append(np.full(len(feats), len(meta["case_stem"])))
+            meta["case_family"].append(fam)
+            meta["case_scale"].append(scale)
+            meta["case_condition"].append(cond)
+            meta["case_stem"].append(img_path.stem)
+        log.info("[%d/%d] %s %.0f s", n + 1, len(pairs), img_path.stem, time.perf_counter() - t0)
+    out = {
+        "x": np.concatenate(xs) if xs else np.zeros((0, len(FEATURES))),
+        "y": np.concatenate(ys) if ys else np.zeros(0),
+        "w": np.concatenate(ws) if ws else np.zeros(0),
+        "case": np.concatenate(cs) if cs else np.zeros(0, np.int64),
+    }
+    out.update({k: np.asarray(v) for k, v in meta.items()})
+    return out
+
+
+def fit_keep(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 1e-2, threshold: float = 0.5
+) -> KeepModel:
+    """Weighted L2-regularised logistic regression of ``y`` on standardised ``x`` (L-BFGS)."""
+    from scipy.optimize import minimize
+
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 1e-9, std, 1.0)
+    z = (x - mean) / std
+    w = w / w.sum()
+    f_dim = z.shape[1]
+
+    def loss(theta):
+        beta, b = theta[:f_dim], theta[f_dim]
+        s = z @ beta + b
+        # log(1 + e^s) - y s, stably
+        nll = np.logaddexp(0.0, s) - y * s
+        p = 1.0 / (1.0 + np.exp(-s))
+        value = float(w @ nll) + 0.5 * l2 * float(beta @ beta)
+        grad_s = w * (p - y)
+        grad = np.concatenate([z.T @ grad_s + l2 * beta, [grad_s.sum()]])
+        return value, grad
+
+    res = minimize(loss, np.zeros(f_dim + 1), jac=True, method="L-BFGS-B")
+    return KeepModel(mean, std, res.x[:f_dim], float(res.x[f_dim]), threshold)
+
+
+def training_pairs(
+    data: Path, exclude: Path | None, images: int, seed: int
+) -> list[tuple[Path, Path]]:
+    """``images`` (image, mask) pairs of ``data`` drawn with ``seed``, less ``exclude``'s stems."""
+    from finecut.data.folders import find_pairs, parse_stems
+
+    pairs = find_pairs(Path(data))
+    if exclude is not None:
+        drop = set(parse_stems("@" + str(exclude)))
+        pairs = [p for p in pairs if p[0].stem not in drop]
+    if not pairs:
+        raise ValueError(f"no training pairs left in {str(data)!r}")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(pairs), min(images, len(pairs)), replace=False)
+    return [pairs[i] for i in pick]
+
+
+def region_accuracy(model: KeepModel, d: dict[str, np.ndarray]) -> dict[str, float]:
+    """Area-weighted share of regions the model decides rightly, and the base rate."""
+    keep = model.probability(d["x"]) >= model.threshold
+    w = d["w"] / d["w"].sum()
+    return {
+        "regions": int(len(d["y"])),
+        "weighted_accuracy": float(w @ (keep == (d["y"] > 0.5))),
+        "weighted_right_share": float(w @ d["y"]),
+    }
+
+
+def train_keep(
+    data: Path,
+    out: Path,
+    refiner,
+    cfg: KeepTrainConfig,
+    *,
+    exclude: Path | None = None,
+    threshold: float = 0.5,
+    cache: Path | None = None,
+    manifest: dict | None = None,
+) -> tuple[KeepModel, dict]:
+    """Gather the regions of ``cfg.images`` training pairs, fit, and write ``out``.safetensors
+    and its manifest ``out``.json (sha256, the data, the counts and the region accuracy)."""
+    from finecut.weights import sha256_file
+
+    pairs = training_pairs(data, exclude, cfg.images, cfg.seed)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    d = gather_regions(pairs, refiner, cfg, cache)
+    if len(d["y"]) == 0:
+        raise ValueError("the refiner changed nothing on the training cases: nothing to fit")
+    model = fit_keep(d["x"], d["y"], d["w"], cfg.l2, threshold)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".safetensors")
+    model.save(path)
+    info = {
+        "model": "refine_keep",
+        "features": list(FEATURES),
+        "threshold": threshold,
+        "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()},
+        "data": str(data),
+        "exclude": str(exclude) if exclude else None,
+        "images": len(pairs),
+        "cases": len(d["case_stem"]),
+        "fit": region_accuracy(model, d),
+        **(manifest or {}),
+        "file": path.name,
+        "sha256": sha256_file(path),
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return model, info

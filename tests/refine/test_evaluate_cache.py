@@ -1,0 +1,53 @@
+"""evaluate_families with a CRM cache: the second run reads the cache and gives the same table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finecut.refine.api import Refiner
+from finecut.refine.evaluate import evaluate_families
+from finecut.train.coarse import seeded_coarse
+
+
+def _folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir(parents=True)
+    (tmp_path / "masks").mkdir()
+    for stem in ("a", "b"):
+        img = (rng.random((72, 96, 3)) * 60).astype(np.uint8)
+        gt = np.zeros((72, 96), np.uint8)
+        gt[15:55, 20:70] = 255
+        img[gt > 0] += 150
+        Image.fromarray(img).save(tmp_path / "images" / f"{stem}.png")
+        Image.fromarray(gt).save(tmp_path / "masks" / f"{stem}.png")
+    return tmp_path
+
+
+def _run(data, weights, cache):
+    return evaluate_families(
+        data, seeded_coarse, families=("lowres", "sam"), scales=(1.0, 2.0),
+        methods=("crm", "finecut", "finecut:keep_edges=0"), device="cpu", weights=weights,
+        threads=1, cache=cache,
+    )  # fmt: skip
+
+
+def _table(results):
+    return {k: [(r.iou, r.mba, r.iou_values) for r in rows] for k, rows in results.items()}
+
+
+def test_cached_crm_gives_the_same_table(tmp_path, tiny_crm_weights, monkeypatch) -> None:
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = _table(_run(data, tiny_crm_weights, cache))
+    # one file per image, family and scale (rows that differ in the finishing share one CRM run)
+    assert len(list(cache.glob("*.npy"))) == 2 * 2 * 2
+
+    def no_crm(*args, **kwargs):
+        raise AssertionError("the CRM ran although the cache holds its output")
+
+    monkeypatch.setattr(Refiner, "_crm_probability", no_crm)
+    assert _table(_run(data, tiny_crm_weights, cache)) == first
+    with pytest.raises(AssertionError, match="CRM ran"):
+        _run(data, tiny_crm_weights, tmp_path / "other")

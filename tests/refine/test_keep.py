@@ -1,0 +1,110 @@
+"""The learned keep decision: region features, the model file, and undoing distrusted regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from finecut.errors import WeightsError
+from finecut.refine.keep import (
+    FEATURES,
+    KeepModel,
+    apply_keep,
+    load_keep_model,
+    region_features,
+)
+
+
+def _square(shift_rows: int = 0, size: int = 80) -> np.ndarray:
+    m = np.zeros((size, size), bool)
+    m[20 + shift_rows : 50 + shift_rows, 20:50] = True
+    return m
+
+
+def _photo(size: int = 80) -> np.ndarray:
+    rgb = np.full((size, size, 3), 40, np.uint8)
+    rgb[_square(size=size)] = (200, 120, 60)
+    return rgb
+
+
+def _model(bias: float, weight: np.ndarray | None = None) -> KeepModel:
+    f = len(FEATURES)
+    return KeepModel(np.zeros(f), np.ones(f), np.zeros(f) if weight is None else weight, bias, 0.5)
+
+
+def test_region_features_of_a_shifted_square() -> None:
+    # the output moves the square 3 rows down: two changed strips, 3 x 30 px each; the one
+    # below is added, the one above removed
+    coarse = _square()
+    prob = _square(shift_rows=3).astype(np.float32)
+    crm = prob * 0.9
+    box, labels, f = region_features(_photo(), coarse, prob, crm)
+    assert f.shape == (2, len(FEATURES))
+    col = {name: i for i, name in enumerate(FEATURES)}
+    assert sorted(np.exp(f[:, col["log_area"]]) - 1) == pytest.approx([90, 90])
+    assert sorted(f[:, col["added"]]) == [0.0, 1.0]
+    # the CRM (0.9 where the output is 1, 0 elsewhere) agrees with every changed pixel; its
+    # confidence is 0.8 in the added strip and 1 in the removed one
+    assert f[:, col["crm_agrees"]] == pytest.approx([1, 1])
+    added = f[:, col["added"]] == 1
+    assert f[added, col["crm_confidence"]] == pytest.approx([0.8])
+    assert f[~added, col["crm_confidence"]] == pytest.approx([1.0])
+    # the input's boundary is on the square's edge, the output's 3 px off it: the ratio < 1
+    assert (f[:, col["log_support_ratio"]] < -1).all()
+    assert (f[:, col["has_in_boundary"]] == 1).all() and (f[:, col["has_out_boundary"]] == 1).all()
+    # each strip reaches 3 px (within a pixel, the 3x3 distance transform) from the outline
+    assert (np.expm1(f[:, col["log_reach"]]) <= 4.5).all()
+    assert labels.max() == 2 and (labels > 0).sum() == 180
+    assert np.array_equal((labels > 0), (prob > 0.5)[box] != coarse[box])
+
+
+def test_no_change_no_regions() -> None:
+    coarse = _square()
+    box, labels, f = region_features(_photo(), coarse, coarse.astype(np.float32), coarse * 1.0)
+    assert f.shape == (0, len(FEATURES))
+    out = apply_keep(_photo(), coarse, coarse.astype(np.float32), coarse * 1.0, _model(-10))
+    assert np.array_equal(out > 0.5, coarse)
+
+
+def test_apply_keep_keeps_or_undoes_by_the_model() -> None:
+    coarse = _square()
+    prob = _square(shift_rows=3).astype(np.float32)
+    kept = apply_keep(_photo(), coarse, prob, prob, _model(10.0))
+    assert np.array_equal(kept, prob)
+    undone = apply_keep(_photo(), coarse, prob, prob, _model(-10.0))
+    assert np.array_equal(undone > 0.5, coarse)
+    # per region: weight only on "added" keeps the added strip and undoes the removed one
+    w = np.zeros(len(FEATURES))
+    w[FEATURES.index("added")] = 40.0
+    mixed = apply_keep(_photo(), coarse, prob, prob, _model(-20.0, w)) > 0.5
+    assert np.array_equal(mixed, coarse | _square(shift_rows=3))
+    # a threshold argument overrides the model's own
+    assert np.array_equal(apply_keep(_photo(), coarse, prob, prob, _model(0.0), 0.4), prob)
+    assert np.array_equal(apply_keep(_photo(), coarse, prob, prob, _model(0.0), 0.6) > 0.5, coarse)
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    f = len(FEATURES)
+    m = KeepModel(rng.normal(size=f), rng.uniform(1, 2, f), rng.normal(size=f), 0.3, 0.6)
+    path = tmp_path / "keep.safetensors"
+    m.save(path)
+    back = load_keep_model(path)
+    for a in ("mean", "std", "weight"):
+        assert np.array_equal(getattr(back, a), getattr(m, a))
+    assert (back.bias, back.threshold) == (0.3, 0.6)
+    x = rng.normal(size=(5, f))
+    assert np.allclose(back.probability(x), m.probability(x))
+
+
+def test_bad_model_files_are_weights_errors(tmp_path) -> None:
+    with pytest.raises(WeightsError, match="not found"):
+        load_keep_model(tmp_path / "none.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(WeightsError, match="cannot be read"):
+        load_keep_model(bad)
+    good = tmp_path / "good.safetensors"
+    _model(0.0).save(good)
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_keep_model(good, expected_sha256="0" * 64)

@@ -1,0 +1,94 @@
+"""Training the refiner's keep model: the fit, the region labels, and `finecut train keep`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from finecut.cli import main
+from finecut.refine.keep import FEATURES, load_keep_model
+from finecut.train.keep import degrade_photo, fit_keep, region_accuracy
+
+
+def test_fit_recovers_a_linear_rule() -> None:
+    # y = 1 where 2 x0 - x3 + 0.5 > 0 (plus 5% label noise): the fitted direction matches
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, len(FEATURES))) * 3 + 1
+    score = 2 * (x[:, 0] - 1) / 3 - (x[:, 3] - 1) / 3 + 0.5
+    y = (score > 0).astype(float)
+    flip = rng.random(len(y)) < 0.05
+    y[flip] = 1 - y[flip]
+    model = fit_keep(x, y, np.ones(len(y)), l2=1e-4)
+    w = model.weight / np.linalg.norm(model.weight)
+    expect = np.zeros(len(FEATURES))
+    expect[[0, 3]] = [2, -1]
+    assert w @ expect / np.linalg.norm(expect) > 0.99
+    acc = region_accuracy(model, {"x": x, "y": y, "w": np.ones(len(y))})
+    assert acc["weighted_accuracy"] > 0.93 and acc["regions"] == 4000
+
+
+def test_weights_count_in_the_fit() -> None:
+    # the same feature with contradicting labels: the heavier examples win
+    x = np.zeros((4, len(FEATURES)))
+    x[:, 0] = [1, 1, -1, -1]
+    y = np.array([1.0, 0.0, 0.0, 1.0])
+    heavy_first = fit_keep(x, y, np.array([10.0, 1.0, 10.0, 1.0]), l2=1e-3)
+    assert heavy_first.probability(np.eye(len(FEATURES))[:1])[0] > 0.5
+
+
+def test_degrade_photo() -> None:
+    rng = np.random.default_rng(0)
+    img = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+    assert degrade_photo(img, "clean") is img
+    video = degrade_photo(img, "video")
+    assert video.shape == img.shape and video.dtype == np.uint8
+    assert video.std() < img.std()  # blurred
+    with pytest.raises(ValueError, match="condition"):
+        degrade_photo(img, "fog")
+
+
+def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -> None:
+    ecssd = shared_data / "ecssd"
+    exclude = tmp_path / "exclude.txt"
+    stems = sorted(p.stem for p in (ecssd / "images").iterdir())
+    exclude.write_text("\n".join(stems[4:]) + "\n")  # leave four images
+    out = tmp_path / "keep" / "model"
+    code = main(
+        [
+            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
+            "--seed", "3", "--threads", "1", "--out", str(out), "--cache", str(tmp_path / "c"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    model = load_keep_model(out.with_suffix(".safetensors"), manifest["sha256"])
+    assert manifest["images"] == 2 and manifest["cases"] == 12  # six families each
+    assert manifest["fit"]["regions"] > 0 and manifest["exclude"] == str(exclude)
+    assert model.threshold == 0.5 and manifest["command"].startswith("finecut train keep")
+    # the cached CRM probabilities are reused: a second run gives the same model
+    main(
+        [
+            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
+            "--seed", "3", "--threads", "1", "--out", str(out) + "2",
+            "--cache", str(tmp_path / "c"),
+        ]
+    )  # fmt: skip
+    again = load_keep_model(str(out) + "2.safetensors")
+    assert np.array_equal(again.weight, model.weight)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threshold", "1.5"], "--threshold"),
+        (["--images", "0"], "--images"),
+        (["--exclude", "/nonexistent/list.txt"], "--exclude"),
+    ],
+)
+def test_cli_train_keep_refuses_bad_arguments(tmp_path, capsys, extra, message) -> None:
+    code = main(["train", "keep", "--data", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
