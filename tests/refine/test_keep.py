@@ -54,8 +54,23 @@ def test_region_features_of_a_shifted_square() -> None:
     assert (f[:, col["has_in_boundary"]] == 1).all() and (f[:, col["has_out_boundary"]] == 1).all()
     # each strip reaches 3 px (within a pixel, the 3x3 distance transform) from the outline
     assert (np.expm1(f[:, col["log_reach"]]) <= 4.5).all()
+    # the added strip has the background's colour, the removed one the object's: both changes
+    # go against the colour evidence
+    assert f[:, col["colour_evidence"]] == pytest.approx([-1, -1], abs=0.01)
     assert labels.max() == 2 and (labels > 0).sum() == 180
     assert np.array_equal((labels > 0), (prob > 0.5)[box] != coarse[box])
+
+
+def test_colour_evidence_supports_a_change_onto_the_object() -> None:
+    # the input is 3 rows short of the square: the output adds the missing strip, which has the
+    # object's colour
+    coarse = _square()
+    coarse[20:23] = False
+    prob = _square().astype(np.float32)
+    _, _, f = region_features(_photo(), coarse, prob, prob)
+    assert len(f) == 1
+    assert f[0, FEATURES.index("colour_evidence")] == pytest.approx(1.0, abs=0.01)
+    assert f[0, FEATURES.index("log_support_ratio")] > 1
 
 
 def test_no_change_no_regions() -> None:

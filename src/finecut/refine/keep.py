@@ -54,6 +54,7 @@ FEATURES = (
     "outline_support",
     "log_changed_per_outline",
     "log_long_side",
+    "colour_evidence",
 )
 
 
@@ -125,6 +126,29 @@ def region_features(
     reach_px = np.asarray(ndimage.maximum(from_outline, labels, index), np.float64)
     added = np.bincount(idx, weights=new[box].ravel().astype(np.float64), minlength=n)
 
+    # colour evidence: is the region's mean colour nearer the object's or the background's,
+    # both read in a band of 3 to 12 px on either side of the input's boundary in the box? For
+    # an added region "nearer the object" speaks for the change, for a removed one against it
+    img = rgb[box].astype(np.float32)
+    dist_in = cv2.distanceTransform(coarse[box].view(np.uint8), cv2.DIST_L2, 3)
+    dist_out = cv2.distanceTransform((~coarse[box]).view(np.uint8), cv2.DIST_L2, 3)
+    fg_band = (dist_in >= 3) & (dist_in <= 12)
+    bg_band = (dist_out >= 3) & (dist_out <= 12)
+    evidence = np.zeros(n)
+    if fg_band.any() and bg_band.any():
+        fg, bg = img[fg_band].mean(axis=0), img[bg_band].mean(axis=0)
+        colour = (
+            np.stack(
+                [np.bincount(idx, weights=img[..., c].ravel(), minlength=n) for c in range(3)], 1
+            )
+            / np.maximum(area, 1.0)[:, None]
+        )
+        d_fg = np.linalg.norm(colour - fg, axis=1)
+        d_bg = np.linalg.norm(colour - bg, axis=1)
+        toward = (d_bg - d_fg) / (d_bg + d_fg + 1e-3)  # +1: object's colour, -1: background's
+        sign = np.where(added > area / 2, 1.0, -1.0)
+        evidence = toward * sign
+
     a = np.maximum(area, 1.0)
     f = np.stack(
         [
@@ -143,6 +167,7 @@ def region_features(
             np.full(n, outline_support),
             np.full(n, np.log(changed_per_outline + 1e-4)),
             np.full(n, np.log(max(h, w))),
+            evidence,
         ],
         axis=1,
     )

@@ -98,7 +98,15 @@ def gather_regions(
                     crm = crm.astype(np.float16)
                     np.save(f, crm)
                     crm = crm.astype(np.float32)
-            prob = finish_probability(image, coarse, crm, finish_cfg)
+            g = f.with_name(f.stem + "_finish.npy") if f is not None else None
+            if g is not None and g.exists():
+                prob = np.load(g).astype(np.float32)
+            else:
+                prob = finish_probability(image, coarse, crm, finish_cfg)
+                if g is not None:  # the snapping is the other slow part
+                    prob = prob.astype(np.float16)
+                    np.save(g, prob)
+                    prob = prob.astype(np.float32)
             box, labels, feats = region_features(image, coarse, prob, crm)
             if len(feats):
                 new = prob[box] > 0.5
