@@ -258,8 +258,16 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
     assert (tmp_path / "mask.png").read_bytes() == mask.read_bytes()
 
 
-@pytest.mark.parametrize(("margin", "keep", "expected"), [("2", True, 2.0), ("-1", False, 0.0)])
-def test_edge_margin_reaches_the_refiner(capsys, tmp_path, monkeypatch, margin, keep, expected):
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        (("--edge-margin", "2"), {"keep_learned": False, "keep_edges": True,
+                                  "keep_edge_margin": 2.0}),
+        (("--edge-margin", "-1"), {"keep_learned": False, "keep_edges": False}),
+        (("--keep-threshold", "0.7"), {"keep_learned": True, "keep_threshold": 0.7}),
+    ],
+)  # fmt: skip
+def test_keep_flags_reach_the_refiner(capsys, tmp_path, monkeypatch, flags, want):
     import finecut.refine as refine_pkg
 
     seen = {}
@@ -275,12 +283,10 @@ def test_edge_margin_reaches_the_refiner(capsys, tmp_path, monkeypatch, margin, 
     image, labels = _scene()
     img = _save(tmp_path / "img.png", image)
     mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
-    code, err = _run(
-        capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", "--edge-margin", margin
-    )
+    code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
     assert code == 0, err
     cfg = seen["config"]
-    assert cfg.keep_edges is keep and cfg.keep_edge_margin == expected
+    assert {k: getattr(cfg, k) for k in want} == want
     assert np.array_equal(_read(tmp_path / "out.png") > 127, labels == 1)
 
 
@@ -291,3 +297,19 @@ def test_edge_margin_must_be_a_finite_number(capsys, tmp_path, margin) -> None:
               "--edge-margin", margin])  # fmt: skip
     assert exc.value.code == 2
     assert f"--edge-margin: {margin!r} is not a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--keep-threshold", "1.5"), "--keep-threshold must be in [0, 1]"),
+        (("--keep-threshold", "0.5", "--edge-margin", "1"), "not both"),
+    ],
+)
+def test_bad_keep_flags_are_one_error_line(capsys, tmp_path, flags, message) -> None:
+    image, labels = _scene()
+    img = _save(tmp_path / "img.png", image)
+    mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
+    code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()

@@ -98,9 +98,18 @@ def _add_refine(sub) -> None:
         type=_finite_float,
         default=None,
         metavar="M",
-        help="do-no-harm edge check: a changed region is kept only if its new boundary lies on "
-        "edges (1 + M) times as strong as the input's there (default 1.0; 2 for masks known to "
-        "be good, e.g. SAM's; a negative M turns the check off)",
+        help="use the edge check instead of the learned keep model: a changed region is kept "
+        "only if its new boundary lies on edges (1 + M) times as strong as the input's there "
+        "(1.0 was its default; a negative M keeps every change: no do-no-harm step at all)",
+    )
+    p.add_argument(
+        "--keep-threshold",
+        type=_finite_float,
+        default=None,
+        metavar="T",
+        help="do-no-harm by the learned keep model (the default): a changed region is kept when "
+        "the model's probability that the change is right is at least T (default 0.9, chosen "
+        "on training-side images; lower changes more, e.g. 0.7 for rough masks)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"
@@ -208,11 +217,22 @@ def _refiner(args):
         logging.getLogger("finecut.refine.api").setLevel(logging.WARNING)
 
     config = None
-    margin = getattr(args, "edge_margin", None)  # only `finecut refine` has --edge-margin
-    if margin is not None:
+    margin = getattr(args, "edge_margin", None)  # only `finecut refine` has these two
+    threshold = getattr(args, "keep_threshold", None)
+    if margin is not None or threshold is not None:
+        from finecut.errors import ConfigError
         from finecut.refine.inference import InferenceConfig
 
-        config = InferenceConfig(keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0))
+        if margin is not None and threshold is not None:
+            raise ConfigError("give --edge-margin (the edge check) or --keep-threshold, not both")
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ConfigError(f"--keep-threshold must be in [0, 1], not {threshold}")
+        if margin is not None:
+            config = InferenceConfig(
+                keep_learned=False, keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0)
+            )
+        else:
+            config = InferenceConfig(keep_threshold=threshold)
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
     if onnx is not None:
         if args.weights is not None or args.device not in (None, "cpu"):

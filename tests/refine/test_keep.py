@@ -123,3 +123,16 @@ def test_bad_model_files_are_weights_errors(tmp_path) -> None:
     _model(0.0).save(good)
     with pytest.raises(WeightsError, match="corrupt"):
         load_keep_model(good, expected_sha256="0" * 64)
+
+
+def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
+    from finecut.refine.keep import default_keep_model
+    from finecut.weights import WEIGHTS_DIR, load_manifest, sha256_file
+
+    manifest = load_manifest("refine_keep")
+    assert sha256_file(WEIGHTS_DIR / manifest["file"]) == manifest["sha256"]
+    assert manifest["features"] == list(FEATURES)
+    assert manifest["command"].startswith("finecut train keep")
+    assert "duts_holdout" in manifest["exclude"]  # the hold-out chose the threshold
+    m = default_keep_model()
+    assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.9

@@ -270,9 +270,7 @@ class Refiner:
         """
         from finecut.refine.instances import refine_instances
 
-        return refine_instances(
-            self, image, masks, config=config, full_query=full_query, snap=snap
-        )
+        return refine_instances(self, image, masks, config=config, full_query=full_query, snap=snap)
 
     def _crm_probability(
         self, rgb: np.ndarray, coarse: np.ndarray, cfg: InferenceConfig, progress=None
@@ -288,13 +286,22 @@ def finish_probability(
     cfg: InferenceConfig,
     keep_model=None,
 ) -> np.ndarray:
-    """The do-no-harm gate and edge snapping applied to a CRM probability, per ``cfg``.
+    """The do-no-harm gate, edge snapping and keep step applied to a CRM probability, per ``cfg``.
 
-    With ``crm`` equal to the coarse mask the gate changes nothing and this is snapping alone.
+    With ``crm`` equal to the coarse mask the gate changes nothing and this is snapping alone
+    (the keep step then judges the snapping's changes).
 
     Shape:
         rgb: (H, W, 3) uint8; coarse: (H, W) bool; crm: (H, W) float -> (H, W) float32.
     """
+    prob = gate_and_snap(rgb, coarse, crm, cfg)
+    return keep_step(rgb, coarse, prob, crm, cfg, keep_model)
+
+
+def gate_and_snap(
+    rgb: np.ndarray, coarse: np.ndarray, crm: np.ndarray, cfg: InferenceConfig
+) -> np.ndarray:
+    """The first part of :func:`finish_probability`: the gate, then the snapping."""
     prob = crm
     h, w = coarse.shape
     if cfg.keep_reach > 0 or cfg.keep_confidence > 0:
@@ -302,14 +309,28 @@ def finish_probability(
     if cfg.snap:
         band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
         prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
+    return prob
+
+
+def keep_step(
+    rgb: np.ndarray,
+    coarse: np.ndarray,
+    prob: np.ndarray,
+    crm: np.ndarray,
+    cfg: InferenceConfig,
+    keep_model=None,
+) -> np.ndarray:
+    """The last part of :func:`finish_probability`: undo the changed regions not to be trusted,
+    by the learned keep model (``cfg.keep_learned``; ``keep_model`` or the embedded one) or by
+    edge support (``cfg.keep_edges``)."""
     if cfg.keep_learned:
         from finecut.refine.keep import apply_keep, default_keep_model
 
         model = keep_model if keep_model is not None else default_keep_model()
         threshold = cfg.keep_threshold if cfg.keep_threshold >= 0 else None
-        prob = apply_keep(rgb, coarse, prob, crm, model, threshold)
-    elif cfg.keep_edges:
-        prob = revert_unsupported(rgb, coarse, prob, cfg.keep_edge_margin)
+        return apply_keep(rgb, coarse, prob, crm, model, threshold)
+    if cfg.keep_edges:
+        return revert_unsupported(rgb, coarse, prob, cfg.keep_edge_margin)
     return prob
 
 

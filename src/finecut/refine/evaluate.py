@@ -283,7 +283,7 @@ def evaluate_families(
     """
     from dataclasses import replace
 
-    from finecut.refine.api import Refiner, finish_probability
+    from finecut.refine.api import Refiner, gate_and_snap, keep_step
     from finecut.refine.baselines import guided_filter_refine
 
     parsed = [(m, *_parse_method(m)) for m in methods]
@@ -310,6 +310,7 @@ def evaluate_families(
                 rows = out[(s, fam)]
                 rows[0].add(coarse, gt)
                 crms: dict[tuple, tuple[np.ndarray, float]] = {}
+                snapped: dict = {}
                 for row, (_, name, overrides) in zip(rows[1:], parsed, strict=True):
                     t0, extra = time.perf_counter(), 0.0
                     if name == "guided":
@@ -342,7 +343,19 @@ def evaluate_families(
                         if name == "crm":
                             pred = crm > 0.5
                         else:
-                            pred = finish_probability(image, coarse, crm, cfg) > 0.5
+                            # rows that differ only in the keep step share the gate and snapping
+                            plain = replace(
+                                cfg, keep_edges=False, keep_edge_margin=0.0, keep_learned=False,
+                                keep_threshold=-1.0,
+                            )  # fmt: skip
+                            if plain not in snapped:
+                                t1 = time.perf_counter()
+                                prob = gate_and_snap(image, coarse, crm, plain)
+                                snapped[plain] = (prob, time.perf_counter() - t1)
+                                t0 = time.perf_counter()
+                            prob, snap_s = snapped[plain]
+                            extra += snap_s
+                            pred = keep_step(image, coarse, prob, crm, cfg) > 0.5
                     row.add(pred, gt, time.perf_counter() - t0 + extra)
     return out
 

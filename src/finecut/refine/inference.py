@@ -127,7 +127,7 @@ class InferenceConfig:
     keep_confidence: float = 0.3
     keep_edges: bool = True
     keep_edge_margin: float = 1.0
-    keep_learned: bool = False
+    keep_learned: bool = True
     keep_threshold: float = -1.0
 
 
