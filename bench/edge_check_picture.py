@@ -1,12 +1,13 @@
-"""Picture of the do-no-harm edge check on one training-side photo, for the README.
+"""Picture of the do-no-harm keep step (edge check, keep model) on one training-side photo.
 
     .venv/bin/python bench/edge_check_picture.py --stem ILSVRC2012_test_00000305 \\
         --family sam --png docs/img/edge_check.png
 
-Panels: the coarse mask, finecut without the edge check (gate + snapping), finecut with it
-(today's default), each as the photo darkened outside the mask with the ground truth's outline in
+Panels: the coarse mask, finecut without a keep step (gate + snapping), with the edge check (the
+default of the second session), with the learned keep model (today's default), each as the photo
+darkened outside the mask with the ground truth's outline in
 green, the mask's in red, and its IoU / mBA. The photo is a DUTS-TR hold-out image (never trained
-on; the edge check was chosen on such images), so this picture is an illustration, not evidence.
+on; the keep step was chosen on such images), so this picture is an illustration, not evidence.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def main() -> None:
     crm = refiner._crm_probability(image, coarse, refiner.config)
     titles = [f"input  {100 * iou(coarse, gt):.1f} / {100 * mba(coarse, gt):.1f}"]
     panels = [_panel(image, gt, coarse, titles[0])]
-    for title, cfg in (
-        ("before", replace(refiner.config, keep_edges=False)),
-        ("edge check", refiner.config),
-    ):
+    variants = (
+        ("no keep step", replace(refiner.config, keep_edges=False, keep_learned=False)),
+        ("edge check", replace(refiner.config, keep_edges=True, keep_learned=False)),
+        ("keep model", replace(refiner.config, keep_learned=True)),
+    )
+    for title, cfg in variants:
         pred = finish_probability(image, coarse, crm, cfg) > 0.5
         titles.append(f"{title}  {100 * iou(pred, gt):.1f} / {100 * mba(pred, gt):.1f}")
         panels.append(_panel(image, gt, pred, titles[-1]))
@@ -59,7 +62,7 @@ def main() -> None:
         y0, y1, x0, x1 = (int(v) for v in args.zoom.split(","))
         masks = [coarse] + [
             finish_probability(image, coarse, crm, c) > 0.5
-            for c in (replace(refiner.config, keep_edges=False), refiner.config)
+            for _, c in variants
         ]
         panels = [
             _panel(image[y0:y1, x0:x1], gt[y0:y1, x0:x1], m[y0:y1, x0:x1], p_title)

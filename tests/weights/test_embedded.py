@@ -16,11 +16,11 @@ from finecut.refine.api import DEFAULT_WEIGHTS, load_refiner_model
 from finecut.weights import WEIGHTS_DIR, load_manifest, sha256_file
 
 # ECSSD 801-830, seed 0, native resolution, embedded crm_lite0 (stage 1) with the default
-# inference (do-no-harm gate and edge check on) (docs/benchmarks.md). The phase-3 weights gave
-# 94.18 / 77.22 here, stage 1 with the gate alone 93.31 / 75.83: the edge check (margin 1.0),
-# chosen on DUTS-TR's hold-out to stop re-cutting near-perfect masks, undoes some of the
-# corrections of ECSSD's CascadePSP-style perturbation at ECSSD's size
-RECORDED = {"coarse_iou": 0.891724, "coarse_mba": 0.649775, "iou": 0.920317, "mba": 0.713195}
+# inference (do-no-harm gate, snapping, learned keep model at threshold 0.9) (docs/benchmarks.md).
+# The phase-3 weights gave 94.18 / 77.22 here, stage 1 with the gate alone 93.31 / 75.83, with the
+# edge check 92.03 / 71.32: the keep model, chosen on DUTS-TR's hold-out to harm no image, undoes
+# more of the corrections of ECSSD's CascadePSP-style perturbation at ECSSD's size
+RECORDED = {"coarse_iou": 0.891724, "coarse_mba": 0.649775, "iou": 0.909083, "mba": 0.676191}
 MARGIN = 0.005
 
 
@@ -51,8 +51,11 @@ def test_quality_held_on_heldout_ecssd(shared_data) -> None:
     from finecut.refine.evaluate import evaluate_refine
 
     rows = evaluate_refine(
-        shared_data / "ecssd", methods=["finecut"], stems=[f"{i:04d}" for i in range(801, 831)],
-        seed=0, device="cpu",
+        shared_data / "ecssd",
+        methods=["finecut"],
+        stems=[f"{i:04d}" for i in range(801, 831)],
+        seed=0,
+        device="cpu",
     )
     coarse, finecut = rows
     assert coarse.iou == pytest.approx(RECORDED["coarse_iou"], abs=1e-6)
@@ -67,9 +70,9 @@ def test_quality_held_on_heldout_ecssd(shared_data) -> None:
 # seeds, embedded weights and default inference (docs/benchmarks.md): IoU, mBA
 RECORDED_DAVIS = {
     "lowres": {"coarse": (0.901664, 0.552233), "snap": (0.934720, 0.708503),
-               "finecut": (0.937733, 0.704046)},
+               "finecut": (0.901687, 0.552277)},
     "sam": {"coarse": (0.962481, 0.752147), "snap": (0.944027, 0.724918),
-            "finecut": (0.966369, 0.781179)},
+            "finecut": (0.962475, 0.752069)},
 }  # fmt: skip
 
 
@@ -78,18 +81,24 @@ def _davis_rows(shared_data, families):
     from finecut.train.coarse import seeded_coarse
 
     return evaluate_families(
-        shared_data / "davis", seeded_coarse, families=families, scales=(1.0,),
-        methods=("snap", "finecut"), stems=["000", "035", "070"], device="cpu",
+        shared_data / "davis",
+        seeded_coarse,
+        families=families,
+        scales=(1.0,),
+        methods=("snap", "finecut"),
+        stems=["000", "035", "070"],
+        device="cpu",
     )
 
 
 def test_quality_held_on_davis(shared_data) -> None:
     """DAVIS is never trained on: the figures recorded for the shipped weights hold.
 
-    Low-resolution-segmenter masks: finecut beats the coarse input on both measures and snapping
-    alone on IoU (its mBA is 0.4 below snapping alone's on these frames since the edge check).
-    SAM-like (near-perfect) masks: since the edge check, finecut beats both the input and
-    snapping alone (before it, both lowered them).
+    With the learned keep model at its threshold of 0.9 (chosen on DUTS-TR's hold-out so that no
+    image is harmed), finecut leaves these three frames' masks almost as they came in, for both
+    families: it harms neither (snapping alone lowers the SAM-like masks), and it no longer gains
+    on the low-resolution ones here (snapping alone does, by 3.3 IoU). The 10-frame table in
+    docs/benchmarks.md has the gains and the harm per family.
     """
     results = _davis_rows(shared_data, ("lowres", "sam"))
     for family, recorded in RECORDED_DAVIS.items():
@@ -99,7 +108,7 @@ def test_quality_held_on_davis(shared_data) -> None:
         assert snap.iou == pytest.approx(recorded["snap"][0], abs=2e-3)
         assert finecut.iou >= recorded["finecut"][0] - MARGIN
         assert finecut.mba >= recorded["finecut"][1] - MARGIN
-    coarse, snap, finecut = results[(1.0, "lowres")]
-    assert finecut.iou > max(coarse.iou, snap.iou) and finecut.mba > coarse.mba
+        # do no harm: never more than a point of IoU below the input on any frame
+        assert min(np.subtract(finecut.iou_values, coarse.iou_values)) > -0.01
     coarse, snap, finecut = results[(1.0, "sam")]
-    assert finecut.iou > max(coarse.iou, snap.iou) and finecut.mba > max(coarse.mba, snap.mba)
+    assert finecut.iou > snap.iou and finecut.mba > snap.mba

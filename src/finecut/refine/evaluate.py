@@ -226,12 +226,15 @@ def _parse_method(spec: str):
 
 def snap_alone(image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     """The snapping-alone baseline: finecut's default snapping applied to the coarse mask itself,
-    no CRM (the gate then changes nothing) and no edge check (it would judge the snapping's
-    changes; the baseline is snapping as it is). Shape: (H, W, 3) uint8, (H, W) bool -> bool."""
+    no CRM (the gate then changes nothing) and no keep step, learned or by edges (it would judge
+    the snapping's changes; the baseline is snapping as it is).
+
+    Shape: (H, W, 3) uint8, (H, W) bool -> bool.
+    """
     from finecut.refine.api import finish_probability
     from finecut.refine.inference import InferenceConfig
 
-    cfg = InferenceConfig(keep_edges=False)
+    cfg = InferenceConfig(keep_edges=False, keep_learned=False)
     return finish_probability(image, coarse, coarse.astype(np.float32), cfg) > 0.5
 
 

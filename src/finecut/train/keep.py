@@ -76,7 +76,7 @@ def gather_regions(
     from finecut.train.coarse import seeded_coarse
 
     rng = np.random.default_rng(cfg.seed)
-    finish_cfg = replace(refiner.config, keep_edges=False)
+    finish_cfg = replace(refiner.config, keep_edges=False, keep_learned=False)
     xs, ys, ws, cs = [], [], [], []
     meta = {"case_family": [], "case_scale": [], "case_condition": [], "case_stem": []}
     t0 = time.perf_counter()
