@@ -136,3 +136,35 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert "duts_holdout" in manifest["exclude"]  # the hold-out chose the threshold
     m = default_keep_model()
     assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.9
+
+
+def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None:
+    from finecut.refine.api import Refiner
+    from finecut.refine.inference import InferenceConfig
+
+    # a model that undoes every change: the refined mask is the input, whatever the CRM did
+    path = tmp_path / "undo_all.safetensors"
+    _model(-50.0).save(path)
+    refiner = Refiner("cpu", weights=tiny_crm_weights, keep_model=path)
+    assert refiner.keep_model.bias == -50.0
+    # a 60 x 60 square (smaller objects are copied through), the input 2 rows off it
+    photo = np.full((128, 128, 3), 40, np.uint8)
+    photo[30:90, 30:90] = (200, 120, 60)
+    coarse = np.zeros((128, 128), bool)
+    coarse[32:92, 30:90] = True
+    out = refiner.refine(photo, coarse) > 127
+    assert np.array_equal(out, coarse)
+    # a model that keeps every change: the output is that of no keep step, which moved the edge
+    _model(50.0).save(tmp_path / "keep_all.safetensors")
+    keep_all = Refiner(
+        "cpu", weights=tiny_crm_weights, keep_model=tmp_path / "keep_all.safetensors"
+    )
+    plain = Refiner(
+        "cpu", weights=tiny_crm_weights,
+        config=InferenceConfig(keep_learned=False, keep_edges=False),
+    )  # fmt: skip
+    moved = plain.refine(photo, coarse) > 127
+    assert not np.array_equal(moved, coarse)
+    assert np.array_equal(keep_all.refine(photo, coarse) > 127, moved)
+    with pytest.raises(WeightsError, match="not found"):
+        Refiner("cpu", weights=tiny_crm_weights, keep_model=tmp_path / "none.safetensors")

@@ -152,6 +152,9 @@ class Refiner:
             wrote to the folder ``onnx`` (CPU; torch is not imported). None: "onnxruntime" when
             ``onnx`` is given, else "torch".
         onnx: the folder of ``finecut export onnx`` (onnxruntime backend).
+        keep_model: the keep step's model (``InferenceConfig.keep_learned``): a
+            :class:`finecut.refine.keep.KeepModel` or the ``.safetensors`` file of
+            ``finecut train keep``; None takes the embedded ``refine_keep``.
     """
 
     def __init__(
@@ -163,8 +166,14 @@ class Refiner:
         threads: int | None = None,
         backend: str | None = None,
         onnx: str | Path | None = None,
+        keep_model=None,
     ) -> None:
         self.config = config or InferenceConfig()
+        if isinstance(keep_model, (str, Path)):
+            from finecut.refine.keep import load_keep_model
+
+            keep_model = load_keep_model(keep_model)
+        self.keep_model = keep_model
         self.backend = backend or ("torch" if onnx is None else "onnxruntime")
         if self.backend == "onnxruntime":
             from finecut.refine.onnx_runner import OnnxRunner
@@ -247,7 +256,7 @@ class Refiner:
             prob = coarse.astype(np.float32)
         else:
             crm = self._crm_probability(rgb, coarse, cfg, progress)
-            prob = finish_probability(rgb, coarse, crm, cfg)
+            prob = finish_probability(rgb, coarse, crm, cfg, self.keep_model)
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
