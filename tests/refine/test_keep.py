@@ -14,17 +14,7 @@ from finecut.refine.keep import (
     region_features,
 )
 
-
-def _square(shift_rows: int = 0, size: int = 80) -> np.ndarray:
-    m = np.zeros((size, size), bool)
-    m[20 + shift_rows : 50 + shift_rows, 20:50] = True
-    return m
-
-
-def _photo(size: int = 80) -> np.ndarray:
-    rgb = np.full((size, size, 3), 40, np.uint8)
-    rgb[_square(size=size)] = (200, 120, 60)
-    return rgb
+from .test_support import _photo, _square  # the same square photo as the edge check's tests
 
 
 def _model(bias: float, weight: np.ndarray | None = None) -> KeepModel:

@@ -24,7 +24,13 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from finecut.refine.support import _boundary, edge_strength
+from finecut.refine.support import (
+    _boundary,
+    boundary_support,
+    changed_regions,
+    edge_strength,
+    set_to_input,
+)
 
 __all__ = [
     "FEATURES",
@@ -58,15 +64,6 @@ FEATURES = (
 )
 
 
-def _changed_box(changed: np.ndarray, pad: int) -> tuple[slice, slice]:
-    h, w = changed.shape
-    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
-    return np.s_[
-        max(0, rows[0] - pad) : min(h, rows[-1] + pad + 1),
-        max(0, cols[0] - pad) : min(w, cols[-1] + pad + 1),
-    ]
-
-
 def region_features(
     rgb: np.ndarray, coarse: np.ndarray, prob: np.ndarray, crm: np.ndarray, reach: int = 2
 ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
@@ -81,30 +78,20 @@ def region_features(
         rgb: (H, W, 3) uint8; coarse: (H, W) bool; prob, crm: (H, W) float.
     """
     new = prob > 0.5
-    changed = new != coarse
-    if not changed.any():
-        return np.s_[0:0, 0:0], np.zeros((0, 0), np.int32), np.zeros((0, len(FEATURES)))
+    box, n, labels = changed_regions(coarse, new, reach)
+    if n == 1:
+        return box, labels, np.zeros((0, len(FEATURES)))
     h, w = coarse.shape
-    box = _changed_box(changed, reach + 8)
-    n, labels = cv2.connectedComponents(changed[box].view(np.uint8), connectivity=8)
+    changed = new != coarse
     idx = labels.ravel()
     area = np.bincount(idx, minlength=n).astype(np.float64)
 
     # edge support of the input's and the output's boundary within reach of each region, in
     # units of the image's own contrast (the 95th percentile of the gradient in the box), so a
     # soft video frame and a crisp photo read alike
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
-    near = cv2.dilate(labels.astype(np.float32), kernel).astype(np.int64)
     g = edge_strength(rgb[box])
-    scale = float(np.percentile(g, 95)) + 1e-3
-    g = g / scale
-    support = []
-    for mask in (coarse[box], new[box]):
-        b = _boundary(mask) & (near > 0)
-        count = np.bincount(near[b], minlength=n)
-        total = np.bincount(near[b], weights=g[b], minlength=n)
-        support.append((count, total / np.maximum(count, 1)))
-    (c0, s0), (c1, s1) = support
+    g = g / (float(np.percentile(g, 95)) + 1e-3)
+    c0, s0, c1, s1 = boundary_support(g, coarse[box], new[box], labels, n, reach)
 
     # the whole input outline: its length and how well it follows edges (image-level)
     outline = _boundary(coarse)
@@ -269,13 +256,7 @@ def undo_regions(
 ) -> np.ndarray:
     """``prob`` with the regions whose ``p`` is below ``threshold`` set to the input's value."""
     prob = prob.astype(np.float32, copy=False)
-    undo = np.concatenate([[False], p < threshold])
-    if not undo.any():
-        return prob
-    out = prob.copy()
-    region = undo[labels]
-    out[box][region] = coarse[box][region].astype(np.float32)
-    return out
+    return set_to_input(prob, coarse, box, labels, np.concatenate([[False], p < threshold]))
 
 
 def apply_keep(

@@ -18,7 +18,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["edge_strength", "revert_unsupported"]
+__all__ = [
+    "boundary_support",
+    "changed_regions",
+    "edge_strength",
+    "revert_unsupported",
+    "set_to_input",
+]
 
 
 def edge_strength(rgb: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -41,6 +47,63 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return cv2.dilate(m, cross) != cv2.erode(m, cross)
 
 
+def changed_regions(
+    coarse: np.ndarray, new: np.ndarray, reach: int = 2
+) -> tuple[tuple[slice, slice], int, np.ndarray]:
+    """The connected regions (8-neighbours) where ``new`` differs from ``coarse``.
+
+    Returns ``(box, n, labels)``: the changed pixels' bounding box, widened so every boundary
+    pixel within ``reach`` of a region and every 3x3 Sobel window around it see the image as in
+    the whole frame; the number of labels (0 = unchanged); the (h, w) label map of the box.
+    Nothing changed: an empty box, n = 1 and an empty map.
+    """
+    changed = new != coarse
+    if not changed.any():
+        return np.s_[0:0, 0:0], 1, np.zeros((0, 0), np.int32)
+    h, w = coarse.shape
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    pad = reach + 8
+    box = np.s_[
+        max(0, rows[0] - pad) : min(h, rows[-1] + pad + 1),
+        max(0, cols[0] - pad) : min(w, cols[-1] + pad + 1),
+    ]
+    n, labels = cv2.connectedComponents(changed[box].view(np.uint8), connectivity=8)
+    return box, n, labels
+
+
+def boundary_support(
+    g: np.ndarray, coarse: np.ndarray, new: np.ndarray, labels: np.ndarray, n: int, reach: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per region of ``labels``: how many boundary pixels of the input (``c0``) and the output
+    (``c1``) lie within ``reach`` px of it, and their mean edge strength ``g`` (``s0``, ``s1``).
+
+    Shape: g, coarse, new, labels: (h, w) of the box -> four (n,) arrays (index 0: unchanged).
+    """
+    # each pixel within reach of a region gets its label (the larger where regions meet)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    near = cv2.dilate(labels.astype(np.float32), kernel).astype(np.int64)
+    out = []
+    for mask in (coarse, new):
+        b = _boundary(mask) & (near > 0)
+        count = np.bincount(near[b], minlength=n)
+        total = np.bincount(near[b], weights=g[b], minlength=n)
+        out += [count, total / np.maximum(count, 1)]
+    c0, s0, c1, s1 = out
+    return c0, s0, c1, s1
+
+
+def set_to_input(
+    prob: np.ndarray, coarse: np.ndarray, box, labels: np.ndarray, undo: np.ndarray
+) -> np.ndarray:
+    """``prob`` with the regions ``k`` where ``undo[k]`` set to the input's value (0 or 1)."""
+    if not undo.any():
+        return prob
+    out = prob.copy()
+    region = undo[labels]
+    out[box][region] = coarse[box][region].astype(np.float32)
+    return out
+
+
 def revert_unsupported(
     rgb: np.ndarray, coarse: np.ndarray, prob: np.ndarray, margin: float, reach: int = 2
 ) -> np.ndarray:
@@ -56,35 +119,11 @@ def revert_unsupported(
     """
     prob = prob.astype(np.float32, copy=False)
     new = prob > 0.5
-    changed = new != coarse
-    if not changed.any():
+    box, n, labels = changed_regions(coarse, new, reach)
+    if n == 1:
         return prob
-    # work in the changed pixels' bounding box, widened so every boundary pixel within reach of
-    # a region and every 3x3 Sobel window around it see the image as in the whole frame
-    h, w = coarse.shape
-    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
-    pad = reach + 8
-    box = np.s_[
-        max(0, rows[0] - pad) : min(h, rows[-1] + pad + 1),
-        max(0, cols[0] - pad) : min(w, cols[-1] + pad + 1),
-    ]
-    n, labels = cv2.connectedComponents(changed[box].view(np.uint8), connectivity=8)
-    # each pixel within reach of a region gets its label (the larger where regions meet)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
-    near = cv2.dilate(labels.astype(np.float32), kernel).astype(np.int64)
     g = edge_strength(rgb[box])
-    s = []
-    for mask in (coarse[box], new[box]):
-        b = _boundary(mask) & (near > 0)
-        count = np.bincount(near[b], minlength=n)
-        total = np.bincount(near[b], weights=g[b], minlength=n)
-        s.append((count, total / np.maximum(count, 1)))
-    (c0, s0), (c1, s1) = s
+    c0, s0, c1, s1 = boundary_support(g, coarse[box], new[box], labels, n, reach)
     undo = (c0 > 0) & (c1 > 0) & (s1 < (1.0 + margin) * s0)
     undo[0] = False
-    if not undo.any():
-        return prob
-    out = prob.copy()
-    region = undo[labels]
-    out[box][region] = coarse[box][region].astype(np.float32)
-    return out
+    return set_to_input(prob, coarse, box, labels, undo)
