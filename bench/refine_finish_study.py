@@ -54,10 +54,15 @@ def main() -> None:
     from finecut.data.folders import find_pairs, parse_stems
     from finecut.data.io import read_image, read_mask
     from finecut.metrics import iou, mba
-    from finecut.refine.api import Refiner, finish_probability
-    from finecut.refine.evaluate import HARM_MARGIN, _parse_method, snap_alone, upsample_case
+    from finecut.refine.api import Refiner, gate_and_snap, keep_step, without_keep
+    from finecut.refine.evaluate import (
+        HARM_MARGIN,
+        _parse_method,
+        cached_float16,
+        snap_alone,
+        upsample_case,
+    )
     from finecut.refine.keep import keep_probabilities, load_keep_model, undo_regions
-    from finecut.refine.support import revert_unsupported
     from finecut.train.coarse import seeded_coarse
     from finecut.train.keep import degrade_photo
 
@@ -94,25 +99,14 @@ def main() -> None:
                 coarse0 = seeded_coarse(gt0, img_path.stem, fam, args.seed)
                 for s in scales:
                     image, gt, coarse = upsample_case(photo0, gt0, coarse0, s)
-                    f = cache / f"{img_path.stem}_{cond}_{fam}_{s:g}.npy"
-                    if f.exists():
-                        crm = np.load(f).astype(np.float32)
-                    else:  # the float16 values, as a rerun reads them
-                        crm = refiner._crm_probability(image, coarse, refiner.config)
-                        np.save(f, crm.astype(np.float16))
-                        crm = crm.astype(np.float16).astype(np.float32)
-
-                    def stored(what: str, fn, case=f.stem):
-                        # the snapping is the slow part of a variant: its outputs are cached too
-                        g = cache / f"{case}_{what}.npy"
-                        if g.exists():
-                            return np.load(g).astype(np.float32)
-                        out = np.asarray(fn(), np.float16)
-                        np.save(g, out)
-                        return out.astype(np.float32)
-
+                    # the CRM and the snapping are the slow parts: both cached as float16
+                    case = cache / f"{img_path.stem}_{cond}_{fam}_{s:g}"
+                    crm = cached_float16(
+                        case.with_name(case.name + ".npy"), refiner._crm_probability, image, coarse,
+                        refiner.config,
+                    )  # fmt: skip
                     cell = rows.setdefault((cond, s, fam), {k: [] for k in names})
-                    finished = {}  # variants that differ only in the edge check share the rest
+                    finished = {}
                     for name in names:
                         if name == "coarse":
                             pred = coarse
@@ -121,27 +115,20 @@ def main() -> None:
                             if base == "crm":
                                 pred = crm > 0.5
                             elif base == "snap":
-                                pred = (
-                                    stored("snap", lambda i=image, c=coarse: snap_alone(i, c)) > 0.5
-                                )
+                                path = case.with_name(case.name + "_snap.npy")
+                                pred = cached_float16(path, snap_alone, image, coarse) > 0.5
                             else:
-                                plain = replace(
-                                    cfg,
-                                    keep_edges=False,
-                                    keep_edge_margin=1.0,
-                                    keep_learned=False,
-                                    keep_threshold=-1.0,
-                                )
+                                # variants that differ only in the keep step share the rest
+                                plain = without_keep(cfg)
                                 if plain not in finished:
                                     key = hashlib.sha256(repr(plain).encode()).hexdigest()[:8]
-                                    finished[plain] = stored(
-                                        f"finish{key}",
-                                        lambda i=image, c=coarse, p=crm, k=plain: (
-                                            finish_probability(i, c, p, k)
-                                        ),
+                                    path = case.with_name(f"{case.name}_finish{key}.npy")
+                                    finished[plain] = cached_float16(
+                                        path, gate_and_snap, image, coarse, crm, plain
                                     )
                                 prob = finished[plain]
                                 if cfg.keep_learned:
+                                    # thresholds of one model share its region probabilities
                                     if ("keep", plain) not in finished:
                                         finished[("keep", plain)] = keep_probabilities(
                                             image, coarse, prob, crm, keep_model
@@ -150,10 +137,8 @@ def main() -> None:
                                     t = cfg.keep_threshold
                                     t = t if t >= 0 else keep_model.threshold
                                     prob = undo_regions(prob, coarse, box, labels, pk, t)
-                                elif cfg.keep_edges:
-                                    prob = revert_unsupported(
-                                        image, coarse, prob, cfg.keep_edge_margin
-                                    )
+                                else:
+                                    prob = keep_step(image, coarse, prob, crm, cfg)
                                 pred = prob > 0.5
                         cell[name].append((iou(pred, gt), mba(pred, gt)))
         print(

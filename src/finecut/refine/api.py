@@ -40,8 +40,11 @@ __all__ = [
     "as_mask",
     "as_rgb",
     "finish_probability",
+    "gate_and_snap",
+    "keep_step",
     "load_refiner_model",
     "refine",
+    "without_keep",
 ]
 
 DEFAULT_WEIGHTS = "crm_lite0"
@@ -319,6 +322,15 @@ def gate_and_snap(
         band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
         prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
     return prob
+
+
+def without_keep(cfg: InferenceConfig) -> InferenceConfig:
+    """``cfg`` with no keep step (neither the learned model nor the edge check), its keep
+    settings reset, so configs that differ only in the keep step compare equal: they share the
+    gate and snapping (:func:`gate_and_snap`)."""
+    return replace(
+        cfg, keep_edges=False, keep_edge_margin=0.0, keep_learned=False, keep_threshold=-1.0
+    )
 
 
 def keep_step(

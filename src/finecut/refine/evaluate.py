@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_families",
     "evaluate_refine",
     "format_family_table",
+    "cached_float16",
     "format_table",
     "snap_alone",
     "synth_coarse",
@@ -231,11 +232,10 @@ def snap_alone(image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
 
     Shape: (H, W, 3) uint8, (H, W) bool -> bool.
     """
-    from finecut.refine.api import finish_probability
+    from finecut.refine.api import gate_and_snap
     from finecut.refine.inference import InferenceConfig
 
-    cfg = InferenceConfig(keep_edges=False, keep_learned=False)
-    return finish_probability(image, coarse, coarse.astype(np.float32), cfg) > 0.5
+    return gate_and_snap(image, coarse, coarse.astype(np.float32), InferenceConfig()) > 0.5
 
 
 def upsample_case(
@@ -286,7 +286,7 @@ def evaluate_families(
     """
     from dataclasses import replace
 
-    from finecut.refine.api import Refiner, gate_and_snap, keep_step
+    from finecut.refine.api import Refiner, gate_and_snap, keep_step, without_keep
     from finecut.refine.baselines import guided_filter_refine
 
     parsed = [(m, *_parse_method(m)) for m in methods]
@@ -331,15 +331,11 @@ def evaluate_families(
                             )
                         )
                         if key not in crms:
-                            crm = _cached_crm(
-                                refiner,
-                                image,
-                                coarse,
-                                cfg,
-                                cache,
-                                key,
-                                f"{img_path.stem}_{fam}_{s:g}",
-                            )
+                            path = None
+                            if cache is not None:
+                                tag = f"_{zlib.crc32(repr(key).encode()):08x}" if key else ""
+                                path = Path(cache) / f"{img_path.stem}_{fam}_{s:g}{tag}.npy"
+                            crm = cached_float16(path, refiner._crm_probability, image, coarse, cfg)
                             crms[key] = (crm, time.perf_counter() - t0)
                             t0 = time.perf_counter()
                         crm, extra = crms[key]
@@ -347,10 +343,7 @@ def evaluate_families(
                             pred = crm > 0.5
                         else:
                             # rows that differ only in the keep step share the gate and snapping
-                            plain = replace(
-                                cfg, keep_edges=False, keep_edge_margin=0.0, keep_learned=False,
-                                keep_threshold=-1.0,
-                            )  # fmt: skip
+                            plain = without_keep(cfg)
                             if plain not in snapped:
                                 t1 = time.perf_counter()
                                 prob = gate_and_snap(image, coarse, crm, plain)
@@ -363,18 +356,23 @@ def evaluate_families(
     return out
 
 
-def _cached_crm(refiner, image, coarse, cfg, cache: Path | None, key: tuple, case: str):
-    """The CRM probability of one case, from ``cache`` when it holds it (see evaluate_families)."""
-    if cache is None:
-        return refiner._crm_probability(image, coarse, cfg)
-    tag = f"_{zlib.crc32(repr(key).encode()):08x}" if key else ""
-    path = Path(cache) / f"{case}{tag}.npy"
+def cached_float16(path: Path | None, compute: Callable[..., np.ndarray], *args) -> np.ndarray:
+    """``compute(*args)`` stored at ``path`` as float16, or read back from there when it exists.
+
+    The float16 values are returned (as float32) on the first call too, so a run that fills the
+    cache and one that reads it give the same results. ``path`` None: ``compute(*args)`` as it
+    is.
+    Used for the slow parts of the refiner's studies (CRM probabilities, snapping).
+    """
+    if path is None:
+        return compute(*args)
+    path = Path(path)
     if path.is_file():
         return np.load(path).astype(np.float32)
-    crm = refiner._crm_probability(image, coarse, cfg).astype(np.float16)
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    np.save(path, crm)
-    return crm.astype(np.float32)
+    value = np.asarray(compute(*args)).astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, value)
+    return value.astype(np.float32)
 
 
 def format_family_table(results: dict[tuple[float, str], list[FamilyResult]]) -> str:

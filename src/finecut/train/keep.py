@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -71,12 +71,11 @@ def gather_regions(
     per case ``case_family``, ``case_scale``, ``case_condition``, ``case_stem``.
     """
     from finecut.data.io import read_image, read_mask
-    from finecut.refine.api import finish_probability
-    from finecut.refine.evaluate import upsample_case
+    from finecut.refine.api import gate_and_snap
+    from finecut.refine.evaluate import cached_float16, upsample_case
     from finecut.train.coarse import seeded_coarse
 
     rng = np.random.default_rng(cfg.seed)
-    finish_cfg = replace(refiner.config, keep_edges=False, keep_learned=False)
     xs, ys, ws, cs = [], [], [], []
     meta = {"case_family": [], "case_scale": [], "case_condition": [], "case_stem": []}
     t0 = time.perf_counter()
@@ -89,24 +88,17 @@ def gather_regions(
         for fam in cfg.families:
             coarse0 = seeded_coarse(gt0, img_path.stem, fam, cfg.seed)
             image, gt, coarse = upsample_case(photo0, gt0, coarse0, scale)
-            f = cache / f"{img_path.stem}_{cond}_{fam}_{scale:g}.npy" if cache else None
-            if f is not None and f.exists():
-                crm = np.load(f).astype(np.float32)
-            else:
-                crm = refiner._crm_probability(image, coarse, refiner.config)
-                if f is not None:  # use what the cache holds, so a rerun gives the same fit
-                    crm = crm.astype(np.float16)
-                    np.save(f, crm)
-                    crm = crm.astype(np.float32)
-            g = f.with_name(f.stem + "_finish.npy") if f is not None else None
-            if g is not None and g.exists():
-                prob = np.load(g).astype(np.float32)
-            else:
-                prob = finish_probability(image, coarse, crm, finish_cfg)
-                if g is not None:  # the snapping is the other slow part
-                    prob = prob.astype(np.float16)
-                    np.save(g, prob)
-                    prob = prob.astype(np.float32)
+            # the CRM and the snapping are the slow parts: both cached (float16, also on the
+            # first run, so a rerun gives the same fit)
+            case = f"{img_path.stem}_{cond}_{fam}_{scale:g}"
+            crm = cached_float16(
+                cache / f"{case}.npy" if cache else None,
+                refiner._crm_probability, image, coarse, refiner.config,
+            )  # fmt: skip
+            prob = cached_float16(
+                cache / f"{case}_finish.npy" if cache else None,
+                gate_and_snap, image, coarse, crm, refiner.config,
+            )  # fmt: skip
             box, labels, feats = region_features(image, coarse, prob, crm)
             if len(feats):
                 new = prob[box] > 0.5
