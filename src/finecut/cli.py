@@ -1015,6 +1015,8 @@ def _cmd_train_keep(args) -> int:
         raise ConfigError(f"--threshold must be in (0, 1), not {args.threshold}")
     if args.images < 1:
         raise ConfigError(f"--images must be at least 1, not {args.images}")
+    if not args.l2 >= 0:  # also NaN
+        raise ConfigError(f"--l2 must be a number >= 0, not {args.l2}")
     if args.exclude is not None and not args.exclude.is_file():
         raise ConfigError(f"--exclude {str(args.exclude)!r} is not a file")
     cfg = KeepTrainConfig(images=args.images, seed=args.seed, l2=args.l2)

@@ -49,6 +49,14 @@ def test_degrade_photo() -> None:
         degrade_photo(img, "fog")
 
 
+def test_ecssd_held_out_images_are_never_drawn(shared_data) -> None:
+    from finecut.train.keep import training_pairs
+
+    pairs = training_pairs(shared_data / "ecssd", None, images=5000, seed=0)
+    stems = sorted(p[0].stem for p in pairs)
+    assert len(stems) == 800 and stems[-1] == "0800"
+
+
 def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -> None:
     ecssd = shared_data / "ecssd"
     exclude = tmp_path / "exclude.txt"
@@ -85,6 +93,8 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
         (["--threshold", "1.5"], "--threshold"),
         (["--images", "0"], "--images"),
         (["--exclude", "/nonexistent/list.txt"], "--exclude"),
+        (["--l2", "-1"], "--l2"),
+        (["--l2", "nan"], "--l2"),
     ],
 )
 def test_cli_train_keep_refuses_bad_arguments(tmp_path, capsys, extra, message) -> None:

@@ -161,10 +161,15 @@ def fit_keep(
 def training_pairs(
     data: Path, exclude: Path | None, images: int, seed: int
 ) -> list[tuple[Path, Path]]:
-    """``images`` (image, mask) pairs of ``data`` drawn with ``seed``, less ``exclude``'s stems."""
-    from finecut.data.folders import find_pairs, parse_stems
+    """``images`` (image, mask) pairs of ``data`` drawn with ``seed``, less ``exclude``'s stems.
 
-    pairs = find_pairs(Path(data))
+    A folder named ``ecssd`` gives only its training stems 0001-0800, as for every other
+    training command (:func:`finecut.train.embedding_data.mask_items`).
+    """
+    from finecut.data.folders import parse_stems
+    from finecut.train.embedding_data import mask_items
+
+    pairs = [(item.image, item.label) for item in mask_items(data)]
     if exclude is not None:
         drop = set(parse_stems("@" + str(exclude)))
         pairs = [p for p in pairs if p[0].stem not in drop]
