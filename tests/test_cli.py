@@ -640,3 +640,32 @@ def test_train_embedding_needs_data(capsys, tmp_path) -> None:
     code, _, err = _run(capsys, "train", "embedding", "--out", tmp_path / "emb")
     assert code == 2
     _assert_one_error_line(err, "--labels")
+
+
+def test_train_embedding_on_a_mix(capsys, tiny_dataset, tmp_path) -> None:
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"sources:\n  - {{kind: masks, path: '{tiny_dataset}', weight: 2}}\n")
+    out = tmp_path / "emb"
+    args = (
+        "train", "embedding", "--mix", mix, "--out", out, "--no-pretrained", "--iters", 3,
+        "--stop-at", 1, "--batch-size", 2, "--crop", 64, "--pixels", 20, "--workers", 0,
+        "--device", "cpu",
+    )
+    code, _, err = _run(capsys, *args)
+    assert code == 0, err
+    import torch
+
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 1 and state["config"]["sources"][0]["weight"] == 2
+    # a mix and a folder together, a bad key, a bad kind: one error line each
+    code, _, err = _run(capsys, *args, "--masks", tiny_dataset)
+    assert code == 2
+    _assert_one_error_line(err, "not both")
+    mix.write_text(f"sources:\n  - {{kind: masks, path: '{tiny_dataset}', wieght: 2}}\n")
+    code, _, err = _run(capsys, *args)
+    assert code == 2
+    _assert_one_error_line(err, "bad source")
+    mix.write_text(f"sources:\n  - {{kind: camvid, path: '{tiny_dataset}'}}\n")
+    code, _, err = _run(capsys, *args)
+    assert code == 2
+    _assert_one_error_line(err, "'labels' or 'masks'")

@@ -883,8 +883,25 @@ def _add_train(sub) -> None:
     e.add_argument("--labels", type=Path, default=None, help="CamVid-layout folder (class ids)")
     e.add_argument("--masks", type=Path, default=None, help="folder with images/ and masks/")
     e.add_argument("--mask-stems", type=_stems_arg, default=None)
+    e.add_argument(
+        "--mix",
+        type=Path,
+        default=None,
+        help="YAML with a 'sources' list of {kind: labels|masks, path, weight, stems, exclude, "
+        "splits} (configs/soft/mix.yaml); instead of --labels / --masks",
+    )
+    e.add_argument(
+        "--init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start a new run from these weights (embedded name, .safetensors with manifest, "
+        ".pt checkpoint) with a fresh optimiser and schedule",
+    )
     e.add_argument("--out", type=Path, default=Path("runs/embedding"))
-    e.add_argument("--iters", type=int, default=2000)
+    e.add_argument("--iters", type=int, default=2000, help="length of the lr schedule")
+    e.add_argument(
+        "--stop-at", type=int, default=None, help="end this run at this step (resume later)"
+    )
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--crop", type=int, default=256)
     e.add_argument("--lr", type=float, default=1e-3)
@@ -921,14 +938,22 @@ def _add_train(sub) -> None:
     add_train_parser(tsub)
 
 
-def _read_mix(path: Path):
-    """``--mix`` YAML -> (RefineSource tuple, {epoch_size, max_scale}); unknown keys refused."""
+def _read_mix(
+    path: Path, source_cls=None, options: tuple[str, ...] = ("epoch_size", "max_scale")
+):
+    """``--mix`` YAML -> (tuple of ``source_cls``, {option: value}); unknown keys refused.
+
+    ``source_cls`` is the dataclass of one entry of ``sources`` (default: the refiner's
+    ``RefineSource``); ``options`` are the other top-level keys allowed.
+    """
     import dataclasses
 
     import yaml
 
     from finecut.errors import ConfigError
-    from finecut.train.refine_data import RefineSource
+
+    if source_cls is None:
+        from finecut.train.refine_data import RefineSource as source_cls
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -937,16 +962,16 @@ def _read_mix(path: Path):
         raise ConfigError(f"cannot read --mix {str(path)!r}: {why}") from None
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
         raise ConfigError(f"--mix {str(path)!r} must be a mapping with a 'sources' list")
-    unknown = set(data) - {"sources", "epoch_size", "max_scale"}
+    unknown = set(data) - {"sources", *options}
     if unknown:
         raise ConfigError(f"--mix {str(path)!r}: unknown keys {sorted(unknown)}")
-    names = {f.name for f in dataclasses.fields(RefineSource)}
+    names = {f.name for f in dataclasses.fields(source_cls)}
     sources = []
     for entry in data["sources"]:
         if not isinstance(entry, dict) or set(entry) - names:
             raise ConfigError(f"--mix {str(path)!r}: bad source {entry!r} (keys: {sorted(names)})")
-        sources.append(RefineSource(**entry))
-    return tuple(sources), {k: data[k] for k in ("epoch_size", "max_scale") if k in data}
+        sources.append(source_cls(**entry))
+    return tuple(sources), {k: data[k] for k in options if k in data}
 
 
 def _cmd_train_refine(args) -> int:
@@ -989,13 +1014,18 @@ def _cmd_train_refine(args) -> int:
 def _cmd_train_embedding(args) -> int:
     from finecut.errors import ConfigError
     from finecut.train.embedding import EmbeddingTrainConfig, train_embedding
+    from finecut.train.embedding_data import EmbeddingSource
 
-    if args.labels is None and args.masks is None:
-        raise ConfigError("give --labels and/or --masks")
+    if args.mix is not None and (args.labels is not None or args.masks is not None):
+        raise ConfigError("give either --mix or --labels / --masks, not both")
+    if args.mix is None and args.labels is None and args.masks is None:
+        raise ConfigError("give --labels and/or --masks, or --mix")
+    sources = _read_mix(args.mix, EmbeddingSource, ())[0] if args.mix else ()
     cfg = EmbeddingTrainConfig(
         label_data=str(args.labels) if args.labels else None,
         mask_data=str(args.masks) if args.masks else None,
         mask_stems=tuple(args.mask_stems) if args.mask_stems else None,
+        sources=sources, init=args.init, stop_at=args.stop_at,
         out=str(args.out), iters=args.iters, batch_size=args.batch_size, crop=args.crop,
         lr=args.lr, n_pixels=args.pixels, workers=args.workers, seed=args.seed,
         device=args.device, ckpt_every=args.ckpt_every, pretrained=not args.no_pretrained,

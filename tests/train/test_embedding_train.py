@@ -21,10 +21,13 @@ from finecut.train.embedding import EmbeddingTrainConfig, poly_lr, train_embeddi
 from finecut.train.embedding_data import (
     ECSSD_TRAIN_STEMS,
     EmbeddingDataset,
+    EmbeddingSource,
     EpochSampler,
     instance_map,
     label_map_items,
     mask_items,
+    mixed_items,
+    source_items,
 )
 from finecut.train.export import export_embedding_weights, export_refine_weights
 from finecut.train.export import main as export_main
@@ -180,6 +183,70 @@ def test_epoch_sampler_resumes_and_shards() -> None:
     assert EpochSampler(7, world_size=2).epoch_of(3) == 1
 
 
+def test_embedding_source_checks() -> None:
+    with pytest.raises(ConfigError, match="'labels' or 'masks'"):
+        EmbeddingSource("camvid", "x")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="weight must be > 0"):
+            EmbeddingSource("masks", "x", weight=bad)
+    with pytest.raises(ConfigError, match="splits"):
+        EmbeddingSource("labels", "x", stems="1-10")
+    assert EmbeddingSource("labels", "x", splits=["train", "val"]).splits == ("train", "val")
+    assert EmbeddingSource("labels", "x", splits="val").splits == ("val",)
+
+
+def test_mixed_items_weights_sources_not_items(tmp_path: Path) -> None:
+    labels = _label_folder(tmp_path / "camvid", n=3)
+    masks = _mask_folder(tmp_path / "duts", [f"m{i}" for i in range(9)])
+    (tmp_path / "hold.txt").write_text("m0\nm1\n")
+    items, p = mixed_items(
+        (
+            EmbeddingSource("masks", str(masks), weight=3.0, exclude=str(tmp_path / "hold.txt")),
+            EmbeddingSource("labels", str(labels), weight=1.0),
+        )
+    )
+    stems = [it.image.stem for it in items]
+    assert len(items) == 7 + 3 and "m0" not in stems and "m1" not in stems
+    assert p.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(p[:7], 0.75 / 7)  # the masks' 3 / 4 shared by 7 images
+    np.testing.assert_allclose(p[7:], 0.25 / 3)
+    assert [it.kind for it in items] == ["mask"] * 7 + ["labels"] * 3
+    # stems, and the errors a mix file can cause, each one line
+    assert len(source_items(EmbeddingSource("masks", str(masks), stems="m3,m4"))) == 2
+    with pytest.raises(ConfigError, match="exclude file"):
+        source_items(EmbeddingSource("masks", str(masks), exclude=str(tmp_path / "nope.txt")))
+    everything = tmp_path / "all.txt"
+    everything.write_text("\n".join(f"m{i}" for i in range(9)))
+    with pytest.raises(ConfigError, match="no items left"):
+        source_items(EmbeddingSource("masks", str(masks), exclude=str(everything)))
+    with pytest.raises(ConfigError, match="no training sources"):
+        mixed_items(())
+    with pytest.raises(ImageError):
+        source_items(EmbeddingSource("labels", str(tmp_path / "missing")))
+
+
+def test_weighted_sampler_follows_the_weights_resumes_and_shards() -> None:
+    n = 10
+    w = np.array([0.5] + [0.5 / 9] * 9)
+    it = iter(EpochSampler(n, seed=3, weights=w))
+    keys = [next(it) for _ in range(4000)]
+    index = np.array([k % n for k in keys])
+    assert abs((index == 0).mean() - 0.5) < 0.03  # item 0 holds half of the weight
+    # every draw gets its own tag, so an item drawn twice gets two different crops
+    assert len(set(k // n for k in keys)) == len(keys)
+    it = iter(EpochSampler(n, seed=3, weights=w, skip=17))
+    assert [next(it) for _ in range(30)] == keys[17:47]
+    r0 = iter(EpochSampler(n, seed=3, weights=w, rank=0, world_size=2))
+    r1 = iter(EpochSampler(n, seed=3, weights=w, rank=1, world_size=2))
+    a, b = [next(r0) for _ in range(50)], [next(r1) for _ in range(50)]
+    assert not {k // n for k in a} & {k // n for k in b}
+    assert sorted({k // n for k in a} | {k // n for k in b}) == list(range(100))
+    with pytest.raises(ValueError, match="weights"):
+        EpochSampler(3, weights=np.array([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="weights"):
+        EpochSampler(3, weights=np.ones(4))
+
+
 def test_poly_lr() -> None:
     assert poly_lr(0, 100, 1.0) == 1.0
     assert poly_lr(50, 100, 1.0) == pytest.approx(0.5**0.9)
@@ -297,6 +364,58 @@ def test_refine_checkpoint_folder_is_not_resumed(tmp_path: Path) -> None:
     torch.save({"model": {}, "step": 1}, Path(cfg.out) / "last.pt")
     with pytest.raises(ConfigError, match="not an embedding checkpoint"):
         train_embedding(cfg)
+
+
+def test_mix_stop_at_and_resume(tmp_path: Path) -> None:
+    sources = (
+        EmbeddingSource("masks", str(_mask_folder(tmp_path / "m", ["a", "b", "c"])), weight=2),
+        EmbeddingSource("labels", str(_label_folder(tmp_path / "l"))),
+    )
+    cfg = _config(
+        tmp_path,
+        label_data=None,
+        mask_data=None,
+        sources=sources,
+        iters=4,
+        stop_at=2,
+        ckpt_every=100,
+        log_every=100,
+    )
+    last = train_embedding(cfg)
+    state = torch.load(last, weights_only=False)
+    assert state["step"] == 2  # stopped, checkpoint and log written at the stop
+    assert state["config"]["sources"][0]["weight"] == 2
+    records = [json.loads(x) for x in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2]
+    train_embedding(replace(cfg, stop_at=None))
+    assert torch.load(last, weights_only=False)["step"] == 4
+    with pytest.raises(ConfigError, match="stop_at"):
+        replace(cfg, stop_at=5)
+    with pytest.raises(ConfigError, match="not both"):
+        replace(cfg, mask_data="x")
+
+
+def test_init_starts_a_new_run_from_trained_weights(tmp_path: Path) -> None:
+    first = train_embedding(_config(tmp_path / "one", out=str(tmp_path / "a"), iters=1))
+    weights = export_embedding_weights(first, "tiny", directory=tmp_path / "w")
+    start = dict(load_embedding_model(weights).named_parameters())  # BN statistics move
+    # a model config that differs from the weights' is taken from the weights
+    cfg = _config(
+        tmp_path / "two",
+        out=str(tmp_path / "b"),
+        iters=1,
+        lr=1e-12,
+        warmup=0,
+        init=str(weights),
+        model=EmbeddingConfig(),
+    )
+    state = torch.load(train_embedding(cfg), weights_only=False)
+    assert EmbeddingConfig.from_dict(state["config"]["model"]) == TINY_MODEL
+    for key, value in start.items():  # one step at lr 1e-12 stays at the init weights
+        torch.testing.assert_close(state["model"][key], value.detach(), atol=1e-6, rtol=0, msg=key)
+    # with last.pt present the run resumes it; the init is not read again
+    train_embedding(replace(cfg, iters=2, init=str(tmp_path / "gone.safetensors")))
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["step"] == 2
 
 
 def test_resume_with_another_model_config_is_refused(tmp_path: Path) -> None:

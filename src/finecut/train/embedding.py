@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +54,12 @@ from finecut.train.common import (
 from finecut.train.embedding_data import (
     CAMVID_VOID,
     EmbeddingDataset,
+    EmbeddingSource,
     EpochSampler,
     LabelledImage,
     label_map_items,
     mask_items,
+    mixed_items,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ __all__ = ["EmbeddingTrainConfig", "build_items", "poly_lr", "train_embedding"]
 
 @dataclass(frozen=True)
 class EmbeddingTrainConfig:
-    """Settings of :func:`train_embedding`. At least one of ``label_data`` / ``mask_data``.
+    """Settings of :func:`train_embedding`: ``sources`` (a weighted mix), or at least one of
+    ``label_data`` / ``mask_data`` (all items drawn alike).
 
     Attributes:
         label_data: folder in CamVid layout, ``{split}/images`` + ``{split}/labels`` (class ids).
@@ -75,9 +78,16 @@ class EmbeddingTrainConfig:
         mask_data: folder with ``images/`` + ``masks/`` (binary objects, e.g. ECSSD; for a
             folder named ``ecssd`` only stems 0001-0800 are allowed, the default).
         mask_stems: stems of ``mask_data`` to use (default: all, or 0001-0800 for ECSSD).
+        sources: weighted training sources (:class:`EmbeddingSource`); excludes
+            ``label_data`` / ``mask_data``.
+        init: start from these weights (embedded name, ``.safetensors`` with manifest, or a
+            ``.pt`` checkpoint) with a fresh optimiser and schedule; the model config is the
+            weights'. Ignored when ``out/last.pt`` exists (the run resumes).
         out: run folder (``last.pt``, ``log.jsonl``).
         model: the network.
-        iters: optimiser steps.
+        iters: optimiser steps (the length of the lr schedule).
+        stop_at: end this run after this step (checkpoint written) although the schedule runs
+            to ``iters``; a later run with a larger ``stop_at`` (or none) resumes from there.
         batch_size: images per step, over all processes.
         crop: square crop side (a multiple of 32 keeps the feature cells aligned with pixels).
         scale_range: random resize factor before cropping (raised so the crop fits).
@@ -106,9 +116,12 @@ class EmbeddingTrainConfig:
     label_splits: tuple[str, ...] = ("train",)
     mask_data: str | None = None
     mask_stems: tuple[str, ...] | None = None
+    sources: tuple[EmbeddingSource, ...] = ()
+    init: str | None = None
     out: str = "runs/embedding"
     model: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     iters: int = 2000
+    stop_at: int | None = None
     batch_size: int = 4
     crop: int = 256
     scale_range: tuple[float, float] = (0.6, 1.3)
@@ -133,8 +146,12 @@ class EmbeddingTrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.label_data and not self.mask_data:
+        if self.sources and (self.label_data or self.mask_data):
+            raise ConfigError("give either sources (a mix) or label_data / mask_data, not both")
+        if not self.sources and not self.label_data and not self.mask_data:
             raise ConfigError("give training data: label_data (CamVid layout) and/or mask_data")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.iters:
+            raise ConfigError(f"stop_at must be in 1..iters ({self.iters}), got {self.stop_at}")
         positive = (
             "iters",
             "batch_size",
@@ -160,14 +177,17 @@ def poly_lr(step: int, total: int, base_lr: float, power: float = 0.9, warmup: i
     return lr
 
 
-def build_items(cfg: EmbeddingTrainConfig) -> list[LabelledImage]:
-    """The labelled images a config selects (label maps first, then masks)."""
+def build_items(cfg: EmbeddingTrainConfig) -> tuple[list[LabelledImage], np.ndarray | None]:
+    """The labelled images a config selects (label maps first, then masks, or the sources in
+    order) and their sampling probabilities (None: uniform)."""
+    if cfg.sources:
+        return mixed_items(cfg.sources)
     items: list[LabelledImage] = []
     if cfg.label_data:
         items += label_map_items(cfg.label_data, tuple(cfg.label_splits))
     if cfg.mask_data:
         items += mask_items(cfg.mask_data, tuple(cfg.mask_stems) if cfg.mask_stems else None)
-    return items
+    return items, None
 
 
 def _param_groups(model: SemanticEmbedding, cfg: EmbeddingTrainConfig) -> list[dict]:
@@ -237,8 +257,9 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
 
+    items, weights = build_items(cfg)
     dataset = EmbeddingDataset(
-        build_items(cfg),
+        items,
         crop=cfg.crop,
         scale_range=tuple(cfg.scale_range),
         instance_mode=cfg.instance_mode,
@@ -248,12 +269,31 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
     )
     per_rank = max(1, cfg.batch_size // info.world_size)
 
-    model = SemanticEmbedding(cfg.model, pretrained=cfg.pretrained).to(device)
-    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     last = out / "last.pt"
+    if cfg.init is not None and not last.exists():
+        from finecut.models.embedding import load_embedding_model
+
+        model = load_embedding_model(cfg.init, device)
+        cfg = replace(cfg, model=model.config)
+        log.info("initialised from %s", cfg.init)
+    else:
+        if cfg.init is not None:
+            log.info("%s exists: resuming it (--init is used only by a new run)", last)
+            from finecut.weights import load_checkpoint
+
+            saved = load_checkpoint(last, map_location="cpu")["config"]["model"]
+            cfg = replace(cfg, model=EmbeddingConfig.from_dict(saved))
+        model = SemanticEmbedding(cfg.model, pretrained=cfg.pretrained and cfg.init is None)
+        model = model.to(device)
+    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = resume(
-        last, model, opt, kind="embedding", what="an embedding",
-        model_config=cfg.model.to_dict(), device=device,
+        last,
+        model,
+        opt,
+        kind="embedding",
+        what="an embedding",
+        model_config=cfg.model.to_dict(),
+        device=device,
     )
 
     sampler = EpochSampler(
@@ -262,6 +302,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
         rank=info.rank,
         world_size=info.world_size,
         skip=step * per_rank,
+        weights=weights,
     )
     loader = DataLoader(
         dataset,
@@ -276,15 +317,16 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
     autocast = device.type == "cuda"
     logger = JsonlLogger(out / "log.jsonl", enabled=info.is_main)
 
+    stop = cfg.iters if cfg.stop_at is None else cfg.stop_at
     bar = None
-    if progress and info.is_main and step < cfg.iters:
+    if progress and info.is_main and step < stop:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.iters, initial=step, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=stop, initial=step, unit="it", dynamic_ncols=True)
     _train_mode(model, cfg.freeze_encoder_bn)
     t0, seen = time.time(), 0
     try:
-        batches = iter(loader) if step < cfg.iters else iter(())
+        batches = iter(loader) if step < stop else iter(())
         for image, labels in batches:
             lr = poly_lr(step, cfg.iters, cfg.lr, cfg.poly_power, cfg.warmup)
             for group in opt.param_groups:
@@ -302,7 +344,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", ratio=f"{stats['ratio']:.2f}")
-            if step % cfg.log_every == 0 or step == cfg.iters:
+            if step % cfg.log_every == 0 or step in (cfg.iters, stop):
                 logger.write(
                     {
                         "step": step,
@@ -314,7 +356,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
                         "time": time.time(),
                     }
                 )
-            if info.is_main and (step % cfg.ckpt_every == 0 or step == cfg.iters):
+            if info.is_main and (step % cfg.ckpt_every == 0 or step in (cfg.iters, stop)):
                 save_checkpoint(
                     last,
                     {
@@ -326,7 +368,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
                         "config": _jsonable(cfg),
                     },
                 )
-            if step >= cfg.iters:
+            if step >= stop:
                 break
     finally:
         if bar is not None:

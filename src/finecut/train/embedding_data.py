@@ -14,6 +14,11 @@ Two kinds of labelled folder are read:
   0001-0800 are used (by default those present): 0801-1000 are the held-out test set of another
   benchmark, and asking for any of them is a :class:`~finecut.errors.ConfigError`.
 
+Several folders are mixed with :class:`EmbeddingSource` (kind, path, weight, stems, exclude):
+:func:`source_items` lists one source's items and :func:`mixed_items` all of them with a
+per-item sampling weight (the source's weight shared among its items), which
+:class:`EpochSampler` draws by, so 10,553 DUTS-TR images do not drown 367 CamVid scenes.
+
 Every item is deterministic given (seed, epoch, index).
 """
 
@@ -29,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from finecut.data.folders import find_pairs
+from finecut.data.folders import find_pairs, parse_stems
 from finecut.data.io import read_image, read_mask
 from finecut.errors import ConfigError, ImageError
 
@@ -41,12 +46,15 @@ __all__ = [
     "ECSSD_HELD_OUT",
     "ECSSD_TRAIN_STEMS",
     "EmbeddingDataset",
+    "EmbeddingSource",
     "EpochSampler",
     "LabelledImage",
     "instance_map",
     "label_map_items",
     "mask_items",
+    "mixed_items",
     "read_label_map",
+    "source_items",
 ]
 
 IGNORE = -1
@@ -72,6 +80,101 @@ class LabelledImage:
     image: Path
     label: Path
     kind: str
+
+
+@dataclass(frozen=True)
+class EmbeddingSource:
+    """One training source of the embedding (a ``--mix`` entry).
+
+    Attributes:
+        kind: ``"labels"`` (CamVid layout, class ids: :func:`label_map_items`) or ``"masks"``
+            (``images/`` + ``masks/``, object vs background: :func:`mask_items`).
+        path: the folder.
+        weight: share of the drawn items that come from this source (normalised over sources).
+        stems: for ``masks``: which stems (``"1-800"``, ``"a,b"``, ``"@file"``), None for all
+            (for ECSSD: 0001-0800).
+        exclude: a file of stems to leave out (e.g. a hold-out used to choose settings).
+        splits: for ``labels``: the splits to read.
+    """
+
+    kind: str
+    path: str
+    weight: float = 1.0
+    stems: str | None = None
+    exclude: str | None = None
+    splits: tuple[str, ...] = ("train",)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("labels", "masks"):
+            raise ConfigError(f"source kind must be 'labels' or 'masks', got {self.kind!r}")
+        if not self.weight > 0:  # also refuses NaN
+            raise ConfigError(f"source weight must be > 0, got {self.weight}")
+        if self.kind == "labels" and self.stems is not None:
+            raise ConfigError("'stems' applies to mask sources; label sources take 'splits'")
+        if isinstance(self.splits, str):
+            object.__setattr__(self, "splits", (self.splits,))
+        elif isinstance(self.splits, list):
+            object.__setattr__(self, "splits", tuple(self.splits))
+
+
+def source_items(src: EmbeddingSource) -> list[LabelledImage]:
+    """The labelled images of one source, less the stems of its ``exclude`` file.
+
+    Raises:
+        ConfigError: the exclude file cannot be read, held-out ECSSD stems were asked for, or
+            nothing is left.
+        ImageError: the folder or a requested pair is missing.
+    """
+    if src.kind == "labels":
+        items = label_map_items(src.path, tuple(src.splits))
+    else:
+        try:
+            stems = tuple(parse_stems(src.stems)) if src.stems else None
+        except OSError as exc:
+            raise ConfigError(
+                f"source {src.path!r}: cannot read stems {src.stems!r}: {exc.strerror}"
+            ) from None
+        items = mask_items(src.path, stems)
+    if src.exclude:
+        try:
+            drop = set(parse_stems("@" + src.exclude))
+        except OSError as exc:
+            raise ConfigError(
+                f"source {src.path!r}: cannot read exclude file {src.exclude!r}: {exc.strerror}"
+            ) from None
+        items = [it for it in items if it.image.stem not in drop]
+    if not items:
+        raise ConfigError(f"source {src.path!r} has no items left")
+    return items
+
+
+def mixed_items(
+    sources: tuple[EmbeddingSource, ...] | list[EmbeddingSource],
+) -> tuple[list[LabelledImage], np.ndarray]:
+    """All sources' items and their sampling probabilities (each source's weight, normalised
+    over the sources, shared equally among its items).
+
+    Returns:
+        items, and float64 probabilities summing to 1 (one per item).
+    """
+    if not sources:
+        raise ConfigError("no training sources given")
+    items: list[LabelledImage] = []
+    probs: list[np.ndarray] = []
+    total = float(sum(s.weight for s in sources))
+    for src in sources:
+        got = source_items(src)
+        log.info(
+            "source %s (%s): %d images, weight %.3g",
+            src.path,
+            src.kind,
+            len(got),
+            src.weight / total,
+        )
+        items += got
+        probs.append(np.full(len(got), src.weight / total / len(got)))
+    p = np.concatenate(probs)
+    return items, p / p.sum()
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
@@ -194,9 +297,10 @@ class EmbeddingDataset(Dataset):
         min_component: smallest connected component kept as an instance.
         seed: base seed; item ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
 
-    The key passed to ``dataset[key]`` encodes the epoch: ``key = epoch * len(dataset) + i``
-    (what :class:`EpochSampler` yields), so the augmentation changes every epoch also inside
-    persistent DataLoader workers, which never see attributes set on the main copy.
+    The key passed to ``dataset[key]`` encodes the epoch: ``key = tag * len(dataset) + i``
+    (what :class:`EpochSampler` yields: the tag is the epoch, or with weighted sampling the
+    draw's number), so the augmentation changes every epoch also inside persistent DataLoader
+    workers, which never see attributes set on the main copy.
 
     Returns per item:
         image (3, S, S) float32 in [0, 1] and labels (S, S) int64 (-1 = ignore).
@@ -275,7 +379,9 @@ class EmbeddingDataset(Dataset):
 class EpochSampler(Sampler[int]):
     """Endless shuffled keys ``epoch * n + i`` for :class:`EmbeddingDataset`.
 
-    The order of epoch ``e`` is a permutation seeded by ``(seed, e)``; with ``world_size`` > 1
+    The order of epoch ``e`` is a permutation seeded by ``(seed, e)``, or, with ``weights``
+    (one probability per item), ``n`` indices drawn with replacement by those probabilities
+    from a generator seeded by ``(seed, e)``; with ``world_size`` > 1
     each rank takes every ``world_size``-th entry of it (equal shares of ``n // world_size``,
     the tail dropped), like ``DistributedSampler``. ``skip`` drops that many keys of this rank's
     sequence first, so a run resumed after ``step`` batches of ``b`` continues exactly where it
@@ -283,10 +389,23 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(
-        self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, skip: int = 0
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+        weights: np.ndarray | None = None,
     ) -> None:
         if n < 1:
             raise ValueError("EpochSampler needs at least one item")
+        if weights is not None:
+            weights = np.asarray(weights, np.float64)
+            if weights.shape != (n,) or not np.all(weights >= 0) or not weights.sum() > 0:
+                raise ValueError("weights must be n non-negative numbers with a positive sum")
+            weights = weights / weights.sum()
+        self.weights = weights
         self.n = n
         self.seed = seed
         self.rank = rank
@@ -301,11 +420,21 @@ class EpochSampler(Sampler[int]):
     def __iter__(self):
         epoch, offset = divmod(self.skip, self.per_rank)
         while True:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.weights is None:
+                perm = rng.permutation(self.n)
+            else:
+                perm = rng.choice(self.n, size=self.n, p=self.weights)
             share = perm[self.rank :: self.world_size][: self.per_rank]
             if share.size < self.per_rank:  # fewer items than ranks: wrap around
                 share = np.resize(perm, self.per_rank)
-            for i in share[offset:]:
-                yield epoch * self.n + int(i)
+            for pos, i in enumerate(share[offset:], start=offset):
+                if self.weights is None:
+                    yield epoch * self.n + int(i)
+                else:
+                    # drawn with replacement: an item drawn twice in one epoch must still get
+                    # two different crops, so the tag is the draw's own number, not the epoch
+                    draw = (epoch * self.per_rank + pos) * self.world_size + self.rank
+                    yield draw * self.n + int(i)
             offset = 0
             epoch += 1
