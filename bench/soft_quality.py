@@ -37,11 +37,14 @@ pixels and over the trimap's unknown band.
 
 ``--pictures DIR`` writes, for the first ``--n-pictures`` frames and the lemur, one PNG per image:
 a row per kind, ``image | layers coloured | best pair's alpha`` (object outline in red).
-To tune graph weights on training-side images only: ``--dataset ecssd`` (ECSSD 0001-0800 unless
-``--stems A-B`` says otherwise; 801-1000 is held out) with ``--set KEY=VALUE`` overriding fields
-of the mode's :class:`finecut.soft.SoftConfig`, e.g. ``--set semantic_weight=0.03``. Never choose
-settings on DAVIS. ECSSD 0001-0800 is also the shipped embedding network's training data: fine
-for comparing graph settings under the same features, not a figure of embedded against colour.
+To tune graph weights on training-side images only: ``--dataset duts`` (the 300 DUTS-TR images of
+``configs/refine/duts_holdout.txt``, which ``configs/soft/mix.yaml`` leaves out of the embedding's
+training; DUTS-TR is read from ``--duts``, default ``../data/duts``) or ``--dataset ecssd``
+(ECSSD 0001-0800 unless ``--stems A-B`` says otherwise; 801-1000 is held out), with
+``--set KEY=VALUE`` overriding fields of the mode's :class:`finecut.soft.SoftConfig`, e.g.
+``--set semantic_weight=0.03``. Never choose settings on DAVIS. ECSSD 0001-0800 is the embedding
+networks' training data: fine for comparing graph settings under the same features, not a figure
+of one network against another.
 
 ``--json PATH`` keeps every frame's numbers (rewritten after each frame, so a stopped run keeps
 what it did).
@@ -57,7 +60,10 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+DUTS = ROOT.parent / "data" / "duts"
+HOLDOUT = ROOT / "configs" / "refine" / "duts_holdout.txt"
 KINDS = ("embedded", "colour")
 
 
@@ -73,10 +79,16 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--dataset",
         default="davis",
-        choices=("davis", "ecssd"),
-        help="davis (the issue's figure; never tune on it) or ecssd (training side, to tune)",
+        choices=("davis", "ecssd", "duts"),
+        help="davis (the issue's figure; never tune on it), or duts / ecssd (training side, to "
+        "tune)",
     )
-    p.add_argument("--stems", help="A-B: only stems in this range (ecssd default: 1-800)")
+    p.add_argument(
+        "--stems",
+        help="A-B: only stems in this range (ecssd default: 1-800), or @FILE: the stems listed "
+        "(duts default: @configs/refine/duts_holdout.txt)",
+    )
+    p.add_argument("--duts", type=Path, default=DUTS, help="DUTS-TR with images/ and masks/")
     p.add_argument(
         "--set",
         action="append",
@@ -112,12 +124,20 @@ def _parse() -> argparse.Namespace:
         _fail("no kinds to run")
     if args.weights is not None and not args.weights.is_file():
         _fail(f"weights file {str(args.weights)!r} not found")
-    folder = args.data / args.dataset
+    folder = _folder(args)
     if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
-        _fail(f"{folder} has no images/ and masks/ (the shared {args.dataset} data)")
+        _fail(f"{folder} has no images/ and masks/ (the {args.dataset} data)")
     if args.stems is None and args.dataset == "ecssd":
         args.stems = "1-800"  # ECSSD 801-1000 is held out
-    if args.stems is not None:
+    if args.stems is None and args.dataset == "duts":
+        args.stems = f"@{HOLDOUT}"  # the rest of DUTS-TR trains the embedding
+    args.stem_list = None
+    if args.stems is not None and args.stems.startswith("@"):
+        try:
+            args.stem_list = Path(args.stems[1:]).read_text().split()
+        except OSError as exc:
+            _fail(f"cannot read --stems file {args.stems[1:]!r}: {exc.strerror}")
+    elif args.stems is not None:
         lo, _, hi = args.stems.partition("-")
         if not (lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)):
             _fail(f"--stems must be A-B with A <= B, got {args.stems!r}")
@@ -178,11 +198,18 @@ def _resize(image, long_side: int, interpolation):
     return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=interpolation)
 
 
+def _folder(args: argparse.Namespace) -> Path:
+    return args.duts if args.dataset == "duts" else args.data / args.dataset
+
+
 def _frames(args: argparse.Namespace) -> list[str]:
-    folder = args.data / args.dataset
+    folder = _folder(args)
     stems = sorted(p.stem for p in (folder / "images").glob("*.jpg"))
     stems = [s for s in stems if (folder / "masks" / f"{s}.png").is_file()]
-    if args.stems is not None:
+    if args.stem_list is not None:
+        wanted = set(args.stem_list)
+        stems = [s for s in stems if s in wanted]
+    elif args.stems is not None:
         lo, hi = args.stem_range
         stems = [s for s in stems if s.isdigit() and lo <= int(s) <= hi]
     stems = stems[:: args.every]
@@ -200,7 +227,7 @@ def _frame(args: argparse.Namespace, stem: str):
     from finecut.data.io import read_image, read_mask
     from finecut.metrics import binarize
 
-    folder = args.data / args.dataset
+    folder = _folder(args)
     image = _resize(read_image(folder / "images" / f"{stem}.jpg"), args.long_side, cv2.INTER_AREA)
     mask = binarize(read_mask(folder / "masks" / f"{stem}.png")).astype(np.float32)
     mask = _resize(mask, args.long_side, cv2.INTER_AREA) > 0.5
