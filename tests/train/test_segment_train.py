@@ -345,3 +345,22 @@ def test_real_camvid_layout(shared_data: Path) -> None:
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_train_config(path)
     assert cfg.data.endswith("camvid") and cfg.out.startswith("runs/camvid/")
+
+
+def test_shipped_configs_load_and_the_restart_config_continues_the_schedule() -> None:
+    """Every configs/segment/*.yaml loads; camvid_from_shipped.yaml's lr is the stage-1
+    schedule's from the shipped step on (the shipped step is read from the manifest)."""
+    from finecut.train.embedding import poly_lr
+    from finecut.weights import load_manifest
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "segment"
+    configs = {p.name: load_train_config(p) for p in sorted(root.glob("*.yaml"))}
+    assert "camvid_stage1.yaml" in configs and "camvid_from_shipped.yaml" in configs
+    full, restart = configs["camvid_stage1.yaml"], configs["camvid_from_shipped.yaml"]
+    shipped = load_manifest("segmenter_camvid")["step"]
+    assert restart.init == "segmenter_camvid" and restart.warmup == 0
+    assert restart.iters == full.iters - shipped
+    for t in (0, 100, 500, restart.iters - 1):
+        expected = poly_lr(shipped + t, full.iters, full.lr, full.poly_power, full.warmup)
+        got = poly_lr(t, restart.iters, restart.lr, restart.poly_power, restart.warmup)
+        assert got == pytest.approx(expected, rel=2e-3), t
