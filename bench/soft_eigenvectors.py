@@ -107,14 +107,12 @@ def _colour_linear_basis(im, sp, w_matting) -> list:
     hh, ww = im.shape[:2]
     n = hh * ww
     lab = sp.labels.ravel()
-    count = np.bincount(lab, minlength=sp.count)
-    colour = im.reshape(-1, 3)
+    centred = im.reshape(-1, 3) - sp.means(im)[lab]  # colour minus its superpixel's mean
     rows = np.arange(n)
     basis = sparse.csr_matrix((np.ones(n), (rows, 4 * lab)), shape=(n, 4 * sp.count))
     for c in range(3):
-        mean = np.bincount(lab, colour[:, c], minlength=sp.count) / np.maximum(count, 1)
         basis = basis + sparse.csr_matrix(
-            (colour[:, c] - mean[lab], (rows, 4 * lab + 1 + c)), shape=(n, 4 * sp.count)
+            (centred[:, c], (rows, 4 * lab + 1 + c)), shape=(n, 4 * sp.count)
         )
     start = time.perf_counter()
     lap = laplacian.laplacian(w_matting).tocsr()

@@ -938,22 +938,17 @@ def _add_train(sub) -> None:
     add_train_parser(tsub)
 
 
-def _read_mix(
-    path: Path, source_cls=None, options: tuple[str, ...] = ("epoch_size", "max_scale")
-):
+def _read_mix(path: Path, source_cls, options: tuple[str, ...] = ()):
     """``--mix`` YAML -> (tuple of ``source_cls``, {option: value}); unknown keys refused.
 
-    ``source_cls`` is the dataclass of one entry of ``sources`` (default: the refiner's
-    ``RefineSource``); ``options`` are the other top-level keys allowed.
+    ``source_cls`` is the dataclass of one entry of ``sources``; ``options`` are the other
+    top-level keys allowed.
     """
     import dataclasses
 
     import yaml
 
     from finecut.errors import ConfigError
-
-    if source_cls is None:
-        from finecut.train.refine_data import RefineSource as source_cls
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -980,10 +975,13 @@ def _cmd_train_refine(args) -> int:
     from finecut.errors import ConfigError
     from finecut.models.crm import CRMConfig
     from finecut.train.refine import RefineTrainConfig, train_refine
+    from finecut.train.refine_data import RefineSource
 
     if (args.data is None) == (args.mix is None):
         raise ConfigError("give either --data or --mix")
-    sources, mix_opts = _read_mix(args.mix) if args.mix else ((), {})
+    sources, mix_opts = (
+        _read_mix(args.mix, RefineSource, ("epoch_size", "max_scale")) if args.mix else ((), {})
+    )
     model = CRMConfig()
     if args.latent_channels:
         model = replace(model, latent_channels=args.latent_channels)
@@ -1020,7 +1018,7 @@ def _cmd_train_embedding(args) -> int:
         raise ConfigError("give either --mix or --labels / --masks, not both")
     if args.mix is None and args.labels is None and args.masks is None:
         raise ConfigError("give --labels and/or --masks, or --mix")
-    sources = _read_mix(args.mix, EmbeddingSource, ())[0] if args.mix else ()
+    sources = _read_mix(args.mix, EmbeddingSource)[0] if args.mix else ()
     cfg = EmbeddingTrainConfig(
         label_data=str(args.labels) if args.labels else None,
         mask_data=str(args.masks) if args.masks else None,

@@ -103,14 +103,15 @@ def test_mixed_dataset_is_deterministic_and_keeps_soft_targets(tmp_path: Path) -
 def test_mix_yaml_rejects_unknown_keys(tmp_path: Path) -> None:
     from finecut.cli import _read_mix
     from finecut.errors import ConfigError
+    from finecut.train.refine_data import RefineSource
 
     path = tmp_path / "mix.yaml"
     path.write_text("sources:\n  - {kind: masks, path: x, wieght: 1}\n")
     with pytest.raises(ConfigError, match="bad source"):
-        _read_mix(path)
+        _read_mix(path, RefineSource, ("epoch_size", "max_scale"))
     path.write_text("sources: []\nepochs: 3\n")
     with pytest.raises(ConfigError, match="unknown keys"):
-        _read_mix(path)
+        _read_mix(path, RefineSource, ("epoch_size", "max_scale"))
 
 
 def test_missing_source_files_are_one_config_error(tmp_path: Path) -> None:
@@ -125,3 +126,20 @@ def test_missing_source_files_are_one_config_error(tmp_path: Path) -> None:
         MixedRefineDataset([RefineSource("camvid", str(tmp_path / "nowhere"))])
     with pytest.raises(ImageError, match="must contain"):
         MixedRefineDataset([RefineSource("masks", str(tmp_path / "nowhere"))])
+
+
+def test_masks_source_uses_the_shared_reader_ecssd_held_out_and_exclude(tmp_path: Path) -> None:
+    from finecut.errors import ConfigError
+    from finecut.train.refine_data import MixedRefineDataset, RefineSource
+
+    root = _tiny_folder(tmp_path / "ecssd", n=3)  # stems 0000-0002, renamed to 0799-0801
+    for old, new in (("0002", "0801"), ("0001", "0800"), ("0000", "0799")):
+        for sub in ("images", "masks"):
+            (root / sub / f"{old}.png").rename(root / sub / f"{new}.png")
+    stems = lambda ds: sorted(p[0].stem for p in ds.items[0])  # noqa: E731
+    assert stems(MixedRefineDataset([RefineSource("masks", str(root))])) == ["0799", "0800"]
+    with pytest.raises(ConfigError, match="held-out"):
+        MixedRefineDataset([RefineSource("masks", str(root), stems="799-801")])
+    (tmp_path / "hold.txt").write_text("0800\n")
+    ds = MixedRefineDataset([RefineSource("masks", str(root), exclude=str(tmp_path / "hold.txt"))])
+    assert stems(ds) == ["0799"]

@@ -49,6 +49,7 @@ __all__ = [
     "EmbeddingSource",
     "EpochSampler",
     "LabelledImage",
+    "excluded_stems",
     "instance_map",
     "label_map_items",
     "mask_items",
@@ -127,6 +128,9 @@ def source_items(src: EmbeddingSource) -> list[LabelledImage]:
     """
     if src.kind == "labels":
         items = label_map_items(src.path, tuple(src.splits))
+        if src.exclude:
+            drop = excluded_stems(src.exclude)
+            items = [it for it in items if it.image.stem not in drop]
     else:
         try:
             stems = tuple(parse_stems(src.stems)) if src.stems else None
@@ -134,15 +138,7 @@ def source_items(src: EmbeddingSource) -> list[LabelledImage]:
             raise ConfigError(
                 f"source {src.path!r}: cannot read stems {src.stems!r}: {exc.strerror}"
             ) from None
-        items = mask_items(src.path, stems)
-    if src.exclude:
-        try:
-            drop = set(parse_stems("@" + src.exclude))
-        except OSError as exc:
-            raise ConfigError(
-                f"source {src.path!r}: cannot read exclude file {src.exclude!r}: {exc.strerror}"
-            ) from None
-        items = [it for it in items if it.image.stem not in drop]
+        items = mask_items(src.path, stems, src.exclude)
     if not items:
         raise ConfigError(f"source {src.path!r} has no items left")
     return items
@@ -252,36 +248,55 @@ def label_map_items(root: str | Path, splits: tuple[str, ...] = ("train",)) -> l
     return items
 
 
-def mask_items(root: str | Path, stems: tuple[str, ...] | None = None) -> list[LabelledImage]:
-    """Image / binary-mask pairs of a folder with ``images/`` and ``masks/``.
+def excluded_stems(path: str | Path) -> set[str]:
+    """The stems listed in ``path`` (one per line), e.g. a hold-out kept out of training.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        return set(parse_stems(f"@{path}"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read exclude file {str(path)!r}: {exc.strerror}") from None
+
+
+def mask_items(
+    root: str | Path, stems: tuple[str, ...] | None = None, exclude: str | Path | None = None
+) -> list[LabelledImage]:
+    """Image / binary-mask pairs of a folder with ``images/`` and ``masks/``, less the stems
+    listed in the file ``exclude`` (:func:`excluded_stems`).
 
     A folder named ``ecssd`` (any case) defaults to the stems present among
     :data:`ECSSD_TRAIN_STEMS` (0001-0800) and refuses the held-out stems 0801-1000.
 
     Raises:
-        ConfigError: held-out ECSSD stems were asked for.
+        ConfigError: held-out ECSSD stems were asked for, or ``exclude`` cannot be read.
         ImageError: the folder or a requested pair is missing.
     """
     root = Path(root)
-    if root.name.lower() == "ecssd":
-        if stems is None:
-            pairs = find_pairs(root)
-            kept = [p for p in pairs if p[0].stem not in ECSSD_HELD_OUT]
-            log.info(
-                "ECSSD: training on %d files, %d held-out files left out",
-                len(kept),
-                len(pairs) - len(kept),
-            )
-            if not kept:
-                raise ImageError(f"no ECSSD training files (0001-0800) in '{root}'")
-            return [LabelledImage(img, mask, "mask") for img, mask in kept]
-        held = sorted(set(stems) & ECSSD_HELD_OUT)
-        if held:
-            raise ConfigError(
-                f"ECSSD stems {held[0]}..{held[-1]} ({len(held)} files) are a held-out test set "
-                "and must not be trained on; use stems 0001-0800"
-            )
-    pairs = find_pairs(root, list(stems) if stems is not None else None)
+    if root.name.lower() == "ecssd" and stems is None:
+        pairs = find_pairs(root)
+        kept = [p for p in pairs if p[0].stem not in ECSSD_HELD_OUT]
+        log.info(
+            "ECSSD: training on %d files, %d held-out files left out",
+            len(kept),
+            len(pairs) - len(kept),
+        )
+        if not kept:
+            raise ImageError(f"no ECSSD training files (0001-0800) in '{root}'")
+        pairs = kept
+    else:
+        if root.name.lower() == "ecssd":
+            held = sorted(set(stems) & ECSSD_HELD_OUT)
+            if held:
+                raise ConfigError(
+                    f"ECSSD stems {held[0]}..{held[-1]} ({len(held)} files) are a held-out test "
+                    "set and must not be trained on; use stems 0001-0800"
+                )
+        pairs = find_pairs(root, list(stems) if stems is not None else None)
+    if exclude is not None:
+        drop = excluded_stems(exclude)
+        pairs = [p for p in pairs if p[0].stem not in drop]
     return [LabelledImage(img, mask, "mask") for img, mask in pairs]
 
 

@@ -166,13 +166,9 @@ def training_pairs(
     A folder named ``ecssd`` gives only its training stems 0001-0800, as for every other
     training command (:func:`finecut.train.embedding_data.mask_items`).
     """
-    from finecut.data.folders import parse_stems
     from finecut.train.embedding_data import mask_items
 
-    pairs = [(item.image, item.label) for item in mask_items(data)]
-    if exclude is not None:
-        drop = set(parse_stems("@" + str(exclude)))
-        pairs = [p for p in pairs if p[0].stem not in drop]
+    pairs = [(item.image, item.label) for item in mask_items(data, exclude=exclude)]
     if not pairs:
         raise ValueError(f"no training pairs left in {str(data)!r}")
     rng = np.random.default_rng(seed)

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from finecut.data.folders import find_pairs, parse_stems
+from finecut.data.folders import parse_stems
 from finecut.data.io import read_image, read_mask
 from finecut.errors import ConfigError
 from finecut.refine.perturb import PerturbConfig, perturb_mask
+from finecut.train.embedding_data import mask_items
 
 __all__ = ["MaskPairDataset", "MixedRefineDataset", "RefineSource"]
 
@@ -114,7 +115,8 @@ class RefineSource:
             binary target).
         path: the folder.
         weight: share of the items drawn from this source (normalised over the sources).
-        stems: which stems (``"1-800"``, ``"a,b"``, ``"@file"``), or None for all.
+        stems: which stems (``"1-800"``, ``"a,b"``, ``"@file"``), or None for all (a folder
+            named ``ecssd``: 0001-0800; its held-out 0801-1000 are refused).
         exclude: a file of stems to leave out (a held-out selection set).
         split: CamVid split.
         min_area: smallest CamVid component, px.
@@ -239,11 +241,9 @@ class MixedRefineDataset(Dataset):
         root = Path(src.path)
         if src.kind == "camvid":
             return _camvid_objects(root, src.split, src.min_area)
-        pairs = find_pairs(root, parse_stems(src.stems) if src.stems else None)
-        if src.exclude:
-            drop = set(parse_stems("@" + src.exclude))
-            pairs = [p for p in pairs if p[0].stem not in drop]
-        return pairs
+        # the shared reader: ECSSD's held-out 0801-1000 refused, the exclude file dropped
+        stems = tuple(parse_stems(src.stems)) if src.stems else None
+        return [(it.image, it.label) for it in mask_items(root, stems, src.exclude)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
