@@ -364,6 +364,11 @@ def test_refine_checkpoint_folder_is_not_resumed(tmp_path: Path) -> None:
     torch.save({"model": {}, "step": 1}, Path(cfg.out) / "last.pt")
     with pytest.raises(ConfigError, match="not an embedding checkpoint"):
         train_embedding(cfg)
+    # also with --init: the init is not read, the folder is refused the same way
+    torch.save({"kind": "refine", "model": {}, "step": 1, "config": {"model": {"x": 1}}},
+               Path(cfg.out) / "last.pt")
+    with pytest.raises(ConfigError, match="not an embedding checkpoint"):
+        train_embedding(replace(cfg, init="embedding_lite0"))
 
 
 def test_mix_stop_at_and_resume(tmp_path: Path) -> None:

@@ -190,6 +190,31 @@ def build_items(cfg: EmbeddingTrainConfig) -> tuple[list[LabelledImage], np.ndar
     return items, None
 
 
+def _init_model(
+    cfg: EmbeddingTrainConfig, last: Path, device: torch.device
+) -> tuple[SemanticEmbedding, EmbeddingTrainConfig]:
+    """The model a run starts from, and the config with the model config it trains (as
+    :func:`finecut.train.segment._init_model` does for segmenters)."""
+    if cfg.init is None:
+        return SemanticEmbedding(cfg.model, pretrained=cfg.pretrained).to(device), cfg
+    if last.exists():
+        # a resume: the run's model config is the init weights' own, kept in its checkpoint
+        # (the init file itself need not be on this machine any more); another kind of
+        # checkpoint is left to resume() to refuse
+        from finecut.weights import load_checkpoint
+
+        log.info("%s exists: resuming it (--init is used only by a new run)", last)
+        state = load_checkpoint(last, map_location="cpu")
+        if isinstance(state, dict) and state.get("kind") == "embedding":
+            cfg = replace(cfg, model=EmbeddingConfig.from_dict(state["config"]["model"]))
+        return SemanticEmbedding(cfg.model, pretrained=False).to(device), cfg
+    from finecut.models.embedding import load_embedding_model
+
+    model = load_embedding_model(cfg.init, device)
+    log.info("initialised from %s", cfg.init)
+    return model, replace(cfg, model=model.config)
+
+
 def _param_groups(model: SemanticEmbedding, cfg: EmbeddingTrainConfig) -> list[dict]:
     enc = list(model.encoder.parameters())
     enc_ids = {id(p) for p in enc}
@@ -270,21 +295,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
     per_rank = max(1, cfg.batch_size // info.world_size)
 
     last = out / "last.pt"
-    if cfg.init is not None and not last.exists():
-        from finecut.models.embedding import load_embedding_model
-
-        model = load_embedding_model(cfg.init, device)
-        cfg = replace(cfg, model=model.config)
-        log.info("initialised from %s", cfg.init)
-    else:
-        if cfg.init is not None:
-            log.info("%s exists: resuming it (--init is used only by a new run)", last)
-            from finecut.weights import load_checkpoint
-
-            saved = load_checkpoint(last, map_location="cpu")["config"]["model"]
-            cfg = replace(cfg, model=EmbeddingConfig.from_dict(saved))
-        model = SemanticEmbedding(cfg.model, pretrained=cfg.pretrained and cfg.init is None)
-        model = model.to(device)
+    model, cfg = _init_model(cfg, last, device)
     opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = resume(
         last,
@@ -344,7 +355,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", ratio=f"{stats['ratio']:.2f}")
-            if step % cfg.log_every == 0 or step in (cfg.iters, stop):
+            if step % cfg.log_every == 0 or step == stop:
                 logger.write(
                     {
                         "step": step,
@@ -356,7 +367,7 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
                         "time": time.time(),
                     }
                 )
-            if info.is_main and (step % cfg.ckpt_every == 0 or step in (cfg.iters, stop)):
+            if info.is_main and (step % cfg.ckpt_every == 0 or step == stop):
                 save_checkpoint(
                     last,
                     {
