@@ -10,6 +10,9 @@
   superpixels), the superpixel affinities added as they are. A vector that is constant on every
   superpixel has the same energy under both: ``(P x)^T L_pixel (P x) = x^T L_sp x`` whenever each
   centroid pixel lies inside its own superpixel.
+- :func:`basis_laplacian`: the same on a colour-linear superpixel basis
+  (:mod:`finecut.soft.basis`): the matting part projected onto every superpixel's constant and
+  colour-linear functions, the superpixel affinities acting on the constants.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from finecut.soft.affinities import Superpixels, lift_to_centroids
+from finecut.soft.basis import ColourLinearBasis
 
 __all__ = [
     "COLOR_WEIGHT",
     "SEMANTIC_WEIGHT",
+    "basis_laplacian",
     "laplacian",
     "pixel_laplacian",
     "superpixel_laplacian",
@@ -87,3 +92,28 @@ def superpixel_laplacian(
     assignment = superpixels.assignment()
     projected = (assignment.T @ laplacian(matting) @ assignment).tocsr()
     return (projected + laplacian(semantic_weight * semantic + color_weight * color)).tocsr()
+
+
+def basis_laplacian(
+    matting: sp.spmatrix,
+    semantic: sp.spmatrix,
+    color: sp.spmatrix,
+    basis: ColourLinearBasis,
+    *,
+    semantic_weight: float = SEMANTIC_WEIGHT,
+    color_weight: float = COLOR_WEIGHT,
+) -> sp.csr_matrix:
+    """The paper's Laplacian on a colour-linear superpixel basis (Galerkin projection).
+
+    ``x^T L x`` is the pixel matting energy of the function ``basis.matrix @ x`` plus the
+    superpixel affinities' energy of its superpixel means, so on constant coefficients it equals
+    :func:`superpixel_laplacian`.
+
+    Shape:
+        - matting: (N, N) pixel affinity.
+        - semantic, color: (S, S) superpixel affinities.
+        - output: (C, C) sparse CSR; its mass matrix is ``diag(basis.mass)``.
+    """
+    projected = basis.project(laplacian(matting))
+    coarse = laplacian(semantic_weight * semantic + color_weight * color)
+    return (projected + basis.embed(coarse)).tocsr()

@@ -258,6 +258,7 @@ def relaxed_sparsification(
     high: float = 0.9,
     rtol: float = 1e-6,
     precondition: bool = False,
+    values: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Refine grouped soft segments: sparser, smooth under L, summing to one.
@@ -273,6 +274,12 @@ def relaxed_sparsification(
     K layers of one node). A last solve drops the sparsity term and uses the current alphas as
     ``a0``. The official code runs MATLAB's ``pcg`` without a preconditioner (tolerance 1e-6);
     ``precondition=True`` adds the exact inverse of each node's K x K diagonal block.
+
+    With ``values`` the unknowns are coefficients of a basis (:mod:`finecut.soft.basis`): rows
+    where ``values`` is True hold a superpixel's mean alpha and take the sparsity, the
+    thresholds and the sum-to-one target as above; the other rows are coefficients of zero-mean
+    functions: they keep the fidelity and the coupling, their sum over layers is held at 0 and
+    they take no sparsity term (the sparsity is measured on the means).
 
     Shape:
         - alphas: (N, K) soft segments.
@@ -296,6 +303,7 @@ def relaxed_sparsification(
         high: alphas above become 1 before the start (0.9).
         rtol: CG relative residual tolerance.
         precondition: use the block-Jacobi preconditioner.
+        values: (N,) bool, the rows that hold alpha values (None: all of them).
         progress: called as ``progress(step, n_outer + 1)``.
 
     Returns:
@@ -308,24 +316,29 @@ def relaxed_sparsification(
         raise ValueError(f"lap must be ({n}, {n}) for alphas of shape {a.shape}, got {lap.shape}")
     m = np.ones(n) if mass is None else np.asarray(mass, dtype=np.float64)
     p = np.broadcast_to(np.asarray(power, dtype=np.float64).reshape(-1), (n,))[:, None]
+    is_value = np.ones(n, bool) if values is None else np.asarray(values, bool).reshape(-1)
+    if is_value.shape != (n,):
+        raise ValueError(f"values must be ({n},), got {is_value.shape}")
+    target = is_value.astype(np.float64)[:, None]  # the layers' sum: 1 on values, 0 elsewhere
 
-    a[a < low] = 0.0
-    a[a > high] = 1.0
-    total = a.sum(1, keepdims=True)
-    a = np.where(total > 0, a / np.where(total > 0, total, 1.0), 1.0 / k)
+    v_rows = a[is_value]
+    v_rows[v_rows < low] = 0.0
+    v_rows[v_rows > high] = 1.0
+    total = v_rows.sum(1, keepdims=True)
+    a[is_value] = np.where(total > 0, v_rows / np.where(total > 0, total, 1.0), 1.0 / k)
     a0 = a.copy()
     coupling = sum_weight * m
     for step in range(1, n_outer + 1):
         u = np.maximum(np.abs(a), 1e-2) ** (p - 2.0)
         v = np.maximum(np.abs(1.0 - a), 1e-2) ** (p - 2.0)
-        node_diag = m[:, None] * (sparsity_weight * (u + v) + fidelity_weight)
-        rhs = m[:, None] * (sparsity_weight * v + fidelity_weight * a0 + sum_weight)
+        node_diag = m[:, None] * (sparsity_weight * (u + v) * target + fidelity_weight)
+        rhs = m[:, None] * (sparsity_weight * v * target + fidelity_weight * a0 + sum_weight * target)
         a = _cg(lap, a, node_diag, coupling, rhs, cg_iter, rtol, precondition)
         if progress is not None:
             progress(step, n_outer + 1)
     if final_cg_iter > 0:
         node_diag = np.broadcast_to(m[:, None] * fidelity_weight, (n, k))
-        rhs = m[:, None] * (fidelity_weight * a + sum_weight)
+        rhs = m[:, None] * (fidelity_weight * a + sum_weight * target)
         a = _cg(lap, a, node_diag, coupling, rhs, final_cg_iter, rtol, precondition)
     if progress is not None:
         progress(n_outer + 1, n_outer + 1)
