@@ -74,8 +74,10 @@ def test_basis_laplacian_is_the_galerkin_projection_and_extends_the_superpixel_o
     feats = blocks(16, 20)[1]
     yy, xx = np.mgrid[0:16, 0:20]
     spx = Superpixels.from_labels((yy // 4) * 5 + xx // 4)
-    w_m, w_s, w_c = matting_affinity(image), semantic_affinity(spx, feats), color_affinity(
-        spx, image
+    w_m, w_s, w_c = (
+        matting_affinity(image),
+        semantic_affinity(spx, feats),
+        color_affinity(spx, image),
     )
     basis = colour_linear_basis(image, spx, min_std=0.0)
     lap = basis_laplacian(w_m, w_s, w_c, basis)
@@ -108,7 +110,7 @@ def test_a_soft_edge_inside_a_superpixel_costs_little_on_the_basis() -> None:
     coeffs = (basis.matrix.T @ alpha.ravel()) / basis.mass
     np.testing.assert_allclose(basis.to_pixels(coeffs).reshape(h, w), alpha, atol=1e-9)
     matting = laplacian(matting_affinity(image, eps=1e-7))
-    steps = (spx.assignment() @ np.array([0.0, 1.0]))  # the best superpixel-constant cut
+    steps = spx.assignment() @ np.array([0.0, 1.0])  # the best superpixel-constant cut
     assert alpha.ravel() @ matting @ alpha.ravel() < 1e-3 * (steps @ matting @ steps)
 
 

@@ -126,6 +126,32 @@ def test_relaxed_preconditioning_reaches_the_same_solution(problem) -> None:
     np.testing.assert_allclose(plain, pre, atol=1e-5)
 
 
+def test_relaxed_on_basis_coefficients_keeps_means_summing_to_one_and_the_rest_to_zero() -> None:
+    from finecut.soft.basis import colour_linear_basis
+    from finecut.soft.laplacian import basis_laplacian
+
+    image, feats, labels = blocks(H, W, noise=0.05, seed=4)
+    spx = compute_superpixels(image, n_segments=20)
+    basis = colour_linear_basis(image, spx, min_std=0.0)
+    lap = basis_laplacian(
+        matting_affinity(image), semantic_affinity(spx, feats), color_affinity(spx, image), basis
+    )
+    start = (basis.matrix.T @ _blurred_layers(labels, 2.0)) / basis.mass[:, None]
+    values = basis.is_value
+    # no steps: only the value rows are thresholded and renormalised
+    untouched = relaxed_sparsification(start, lap, n_outer=0, final_cg_iter=0, values=values)
+    np.testing.assert_array_equal(untouched[~values], start[~values])
+    np.testing.assert_allclose(untouched[values].sum(1), 1.0)
+    out = relaxed_sparsification(start, lap, mass=basis.mass, precondition=True, values=values)
+    assert np.abs(out[values].sum(1) - 1.0).max() < 1e-3
+    assert np.abs(out[~values].sum(1)).max() < 1e-3
+    pixels = basis.to_pixels(out)
+    assert np.abs(pixels.sum(1) - 1.0).max() < 1e-2
+    assert (pixels.argmax(1) == labels.ravel()).mean() > 0.95
+    with pytest.raises(ValueError, match="values must be"):
+        relaxed_sparsification(start, lap, values=values[:-1])
+
+
 def test_relaxed_with_mass_checks_shapes() -> None:
     with pytest.raises(ValueError, match="lap must be"):
         relaxed_sparsification(np.ones((5, 2)) / 2, np.eye(4))

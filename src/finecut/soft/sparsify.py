@@ -332,7 +332,9 @@ def relaxed_sparsification(
         u = np.maximum(np.abs(a), 1e-2) ** (p - 2.0)
         v = np.maximum(np.abs(1.0 - a), 1e-2) ** (p - 2.0)
         node_diag = m[:, None] * (sparsity_weight * (u + v) * target + fidelity_weight)
-        rhs = m[:, None] * (sparsity_weight * v * target + fidelity_weight * a0 + sum_weight * target)
+        rhs = m[:, None] * (
+            sparsity_weight * v * target + fidelity_weight * a0 + sum_weight * target
+        )
         a = _cg(lap, a, node_diag, coupling, rhs, cg_iter, rtol, precondition)
         if progress is not None:
             progress(step, n_outer + 1)
