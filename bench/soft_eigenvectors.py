@@ -12,10 +12,10 @@ finecut's embedding network (``auto``), and the Laplacian is built exactly as
 PNG: a row per graph, the image then eigenvectors 1, 2, 3, 5, 10 and 19 (0 is constant), each
 stretched to [0, 255]; prints the solve times and the first eigenvalues.
 
-A third row (an experiment, not in the pipeline): the matting Laplacian alone projected onto a
-richer basis, per superpixel a constant and its three colour-linear functions (``c - mean_s(c)``
-for R, G, B), ``P^T L P`` with the Gram matrix ``P^T P`` as mass: 4 unknowns per superpixel, the
-functions the matting Laplacian finds cheap inside each superpixel. ``--no-pixels`` skips the
+A third row: the same Laplacian on the colour-linear superpixel basis that the fast mode now
+uses (:mod:`finecut.soft.basis`: per superpixel a constant and its colour-linear functions,
+``P^T L P`` with ``P^T P`` as mass), the functions the matting Laplacian finds cheap inside each
+superpixel. The first row is ``basis="constant"``, the fast mode before. ``--no-pixels`` skips the
 pixel graph (minutes at 640 px).
 """
 
@@ -90,42 +90,29 @@ def main() -> None:
             v = (v - v.min()) / (np.ptp(v) + 1e-12)
             tiles.append((v * 255).astype(np.uint8))
         rows.append(np.hstack(tiles))
-    rows.append(np.hstack([grey] + _colour_linear_basis(im, sp, w_m)))
+    rows.append(np.hstack([grey] + _colour_linear_basis(im, sp, w_m, w_s, w_c, weights)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.out), np.vstack(rows))
-    print(f"wrote {args.out}: rows: {', '.join(graphs)}, superpixels with colour-linear basis")
+    print(f"wrote {args.out}: rows: {', '.join(graphs)}, colour-linear basis (fast mode)")
 
 
-def _colour_linear_basis(im, sp, w_matting) -> list:
-    """Eigenvectors 1, 2, 3, 5, 10, 19 of the matting Laplacian on the colour-linear basis."""
+def _colour_linear_basis(im, sp, w_m, w_s, w_c, weights) -> list:
+    """Eigenvectors 1, 2, 3, 5, 10, 19 on the fast mode's colour-linear basis, as pixels."""
     import numpy as np
-    import scipy.sparse as sparse
-    from scipy.sparse.linalg import eigsh
 
-    from finecut.soft import laplacian
+    from finecut.soft import eigen, laplacian
+    from finecut.soft.basis import colour_linear_basis
 
     hh, ww = im.shape[:2]
-    n = hh * ww
-    lab = sp.labels.ravel()
-    centred = im.reshape(-1, 3) - sp.means(im)[lab]  # colour minus its superpixel's mean
-    rows = np.arange(n)
-    basis = sparse.csr_matrix((np.ones(n), (rows, 4 * lab)), shape=(n, 4 * sp.count))
-    for c in range(3):
-        basis = basis + sparse.csr_matrix(
-            (centred[:, c], (rows, 4 * lab + 1 + c)), shape=(n, 4 * sp.count)
-        )
     start = time.perf_counter()
-    lap = laplacian.laplacian(w_matting).tocsr()
-    small = (basis.T @ lap @ basis).tocsc()
-    gram = (basis.T @ basis).tocsc() + 1e-9 * sparse.eye(4 * sp.count)
-    values, vectors = eigsh(small, k=20, M=gram, sigma=-1e-5, which="LM")
-    order = np.argsort(values)
-    values, vectors = values[order], vectors[:, order]
-    print(f"colour-linear basis: {4 * sp.count} unknowns, {time.perf_counter() - start:.1f} s, "
+    basis = colour_linear_basis(im, sp)
+    lap = laplacian.basis_laplacian(w_m, w_s, w_c, basis, **weights)
+    values, vectors = eigen.smallest_eigenvectors(lap, 20, mass=basis.mass, seed=0)
+    print(f"colour-linear basis: {basis.size} unknowns, {time.perf_counter() - start:.1f} s, "
           f"eigenvalues {np.array2string(values[:5], precision=2)}")
     tiles = []
     for k in (1, 2, 3, 5, 10, 19):
-        v = (basis @ vectors[:, k]).reshape(hh, ww)
+        v = basis.to_pixels(vectors[:, k]).reshape(hh, ww)
         lo, hi = np.percentile(v, [1, 99])  # colour-linear parts can overshoot at single pixels
         tiles.append((np.clip((v - lo) / (hi - lo + 1e-12), 0, 1) * 255).astype(np.uint8))
     return tiles
