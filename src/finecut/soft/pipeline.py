@@ -29,7 +29,7 @@ Two modes share every step function of :mod:`finecut.soft`:
     eigenvectors are smooth spatial waves rather than objects, because superpixel-constant
     functions cannot hold the soft edges the matting Laplacian finds cheap
     (``bench/soft_eigenvectors.py``); on the DUTS-TR hold-out the colour-linear basis raised
-    the best layer or pair from 0.799 to 0.832 IoU (57 images, +0.033 +- 0.011).
+    the best layer or pair from 0.800 to 0.832 IoU (60 images, +0.031 +- 0.011).
 
 Where ``"faithful"`` departs from the official MATLAB code (none of these changes the energy):
 SLIC from scikit-image with compactness 10 (see :mod:`finecut.soft.affinities`); ARPACK
