@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -205,3 +206,30 @@ def test_import_stays_free_of_torch() -> None:
     code = "import sys, finecut.soft; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_grouping_dims_reach_the_kmeans_steps_and_leave_the_features_alone(monkeypatch) -> None:
+    import finecut.soft.grouping as grouping_module
+    import finecut.soft.pipeline as pipeline_module
+
+    rng = np.random.default_rng(3)
+    image, feats, labels = blocks()
+    raw = np.concatenate([feats, 0.1 * rng.standard_normal((*labels.shape, 9))], axis=2)
+    seen: list[int] = []
+    original = pipeline_module.weighted_kmeans
+
+    def recording(features, *args, **kwargs):
+        seen.append(features.shape[1])
+        return original(features, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "weighted_kmeans", recording)
+    monkeypatch.setattr(grouping_module, "weighted_kmeans", recording)
+    base = soft_segment(image, raw, n_layers=4, config=replace(FAST, grouping_dims=3))
+    assert seen and set(seen) == {3}
+    seen.clear()
+    wide = soft_segment(image, raw, n_layers=4, config=replace(FAST, grouping_dims=6))
+    assert seen and set(seen) == {6}  # initial segments and grouping (segments' mean features)
+    np.testing.assert_array_equal(wide.features, base.features)  # the paper's 3-D features
+    _check_invariants(wide.alphas, labels.shape, wide.n_layers)
+    with pytest.raises(ConfigError, match="grouping_dims"):
+        SoftConfig(grouping_dims=0)

@@ -124,6 +124,9 @@ class SoftConfig:
         feature_filter_dims: project raw features to this many dimensions before the guided
             filter (None: filter every channel, the paper; fast: 16, see
             :func:`finecut.soft.features.preprocess_features`).
+        grouping_dims: principal dimensions of the features that the k-means steps (initial
+            segments, grouping) see (3, the paper); the affinities always use the first 3.
+            More than 3 needs raw features (preprocessed ones have 3).
         empty_threshold: a layer whose max alpha is below this is empty.
         grouping_restarts: k-means restarts of the grouping.
         blas_threads: BLAS threads while the pipeline runs (1), None to leave them as they are.
@@ -163,6 +166,7 @@ class SoftConfig:
     feature_radius: int = GUIDE_RADIUS
     feature_eps: float = GUIDE_EPS
     feature_filter_dims: int | None = None
+    grouping_dims: int = 3
     empty_threshold: float = 0.05
     grouping_restarts: int = 10
     blas_threads: int | None = 1
@@ -178,6 +182,7 @@ class SoftConfig:
             "n_initial_segments",
             "constrained_iterations",
             "min_superpixel_pixels",
+            "grouping_dims",
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -291,12 +296,15 @@ def _check_features(
 
 
 def _preprocess(raw: np.ndarray, image: np.ndarray, config: SoftConfig) -> np.ndarray:
+    """Raw features -> (H, W, max(3, grouping_dims)); the first 3 are the paper's features (each
+    principal dimension is scaled on its own, so extra dimensions leave them unchanged)."""
     return preprocess_features(
         raw,
         image,
         radius=config.feature_radius,
         eps=config.feature_eps,
         filter_dims=config.feature_filter_dims,
+        n_components=max(3, config.grouping_dims),
     )
 
 
@@ -467,7 +475,8 @@ def _soft_segment(
     h, w, _ = image.shape
     if isinstance(features, _FeatureSource):
         features, preprocessed = features.features(image), False  # raw embeddings, or None
-    feats = _check_features(features, image, preprocessed, config)
+    grouping_feats = _check_features(features, image, preprocessed, config)
+    feats = grouping_feats[..., :3]  # the paper's 3-D features: affinities and output
     clock.done("features")
 
     n_sp = config.n_superpixels
@@ -495,7 +504,7 @@ def _soft_segment(
     functions = None
     if on_superpixels:
         mass = superpixels.sizes
-        node_features = superpixels.means(feats)
+        node_features = superpixels.means(grouping_feats)
         node_power = superpixels.means(power[..., None])[:, 0]
         if config.basis == "colour_linear":
             functions = basis_module.colour_linear_basis(image, superpixels, config.basis_min_std)
@@ -507,7 +516,7 @@ def _soft_segment(
     else:
         lap = laplacian.pixel_laplacian(w_matting, w_semantic, w_color, superpixels, **weights)
         mass = None
-        node_features = feats.reshape(-1, 3)
+        node_features = grouping_feats.reshape(h * w, -1)
         node_power = power.ravel()
     clock.done("laplacian")
 
