@@ -8,7 +8,8 @@ module               step
 ===================  ==========================================================================
 ``features``         clip, guided filter, PCA to 3, normalise (supplementary section 1.1)
 ``affinities``       SLIC superpixels; matting, semantic and nonlocal colour affinities
-``laplacian``        ``L = D - W``, pixel graph (the paper) or superpixel graph (fast mode)
+``basis``            per superpixel a constant and its colour-linear functions (fast mode)
+``laplacian``        ``L = D - W``, pixel graph (the paper), superpixel graph or basis (fast)
 ``eigen``            the eigenvectors with the smallest eigenvalues
 ``sparsify``         constrained (IRLS in the eigenvector span) and relaxed sparsification
 ``grouping``         k-means on the segments' mean features
