@@ -90,3 +90,18 @@ def test_weak_layer_is_resplit() -> None:
     assert (
         len(set(groups[:4].tolist())) == 3
     )  # one of the pairs was split    np.testing.assert_allclose(fixed.sum(1), 1.0)
+
+
+def test_weighting_decides_whether_a_small_distinct_segment_keeps_its_layer() -> None:
+    # Two large segments (features 0 and 1) and a small one far from both (feature 5). Weighted
+    # by mass, the cheapest 2-means puts the small one with its nearer large one (cost ~159 vs
+    # 500); every segment alike, it gets a layer of its own (cost 0.5 vs 8).
+    segments = np.eye(3)
+    features = np.array([[0.0], [1.0], [5.0]])
+    mass = np.array([1000.0, 1000.0, 10.0])
+    _, by_mass = group_segments(segments, features, 2, mass=mass, min_peak=0)
+    _, uniform = group_segments(segments, features, 2, mass=mass, min_peak=0, weighting="uniform")
+    assert by_mass[1] == by_mass[2] != by_mass[0]
+    assert uniform[0] == uniform[1] != uniform[2]
+    with pytest.raises(ValueError, match="weighting"):
+        group_segments(segments, features, 2, mass=mass, weighting="area")

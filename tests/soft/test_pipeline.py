@@ -168,6 +168,8 @@ def test_custom_config() -> None:
         SoftConfig(graph="grid")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="n_eigenvectors"):
         SoftConfig(n_eigenvectors=0)
+    with pytest.raises(ConfigError, match="grouping_weighting"):
+        SoftConfig(grouping_weighting="area")
 
 
 @pytest.mark.parametrize(

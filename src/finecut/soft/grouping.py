@@ -17,7 +17,10 @@ from finecut.soft._kmeans import weighted_kmeans
 
 log = logging.getLogger(__name__)
 
-__all__ = ["group_segments", "segment_features"]
+__all__ = ["WEIGHTINGS", "group_segments", "segment_features"]
+
+#: Segment weightings of the grouping k-means (see :func:`group_segments`).
+WEIGHTINGS = ("mass", "sqrt", "uniform")
 
 
 def segment_features(
@@ -105,6 +108,7 @@ def group_segments(
     n_init: int = 10,
     min_peak: float = 0.5,
     seed: int = 0,
+    weighting: str = "mass",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge K soft segments into ``n_layers`` layers by k-means on their mean features.
 
@@ -128,16 +132,26 @@ def group_segments(
         n_init: k-means restarts.
         min_peak: layers whose max alpha is below this are re-split (0 disables).
         seed: k-means seed.
+        weighting: each segment's weight in the k-means: ``"mass"`` (its alpha mass, finecut's
+            default), ``"sqrt"`` (the square root of it) or ``"uniform"`` (every segment alike, the
+            official code: small segments, such as those of a small object, pull a centre as
+            hard as large ones).
 
     Returns:
         ``(layers, segment_group)``.
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     segments = np.asarray(segments, dtype=np.float64)
     seg_features = segment_features(segments, np.asarray(features, dtype=np.float64), mass)
     weights = np.maximum(segments, 0.0)
     if mass is not None:
         weights = weights * mass[:, None]
     seg_weights = weights.sum(0)
+    if weighting == "sqrt":
+        seg_weights = np.sqrt(seg_weights)
+    elif weighting == "uniform":
+        seg_weights = np.ones_like(seg_weights)
     groups, _ = weighted_kmeans(
         seg_features, n_layers, weights=seg_weights, n_init=n_init, seed=seed
     )

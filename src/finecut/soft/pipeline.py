@@ -127,6 +127,9 @@ class SoftConfig:
         grouping_dims: principal dimensions of the features that the k-means steps (initial
             segments, grouping) see (3, the paper); the affinities always use the first 3.
             More than 3 needs raw features (preprocessed ones have 3).
+        grouping_weighting: weight of each segment in the grouping k-means: ``"mass"`` (its
+            alpha mass), ``"sqrt"`` or ``"uniform"`` (the official code); see
+            :func:`finecut.soft.grouping.group_segments`.
         empty_threshold: a layer whose max alpha is below this is empty.
         grouping_restarts: k-means restarts of the grouping.
         blas_threads: BLAS threads while the pipeline runs (1), None to leave them as they are.
@@ -167,6 +170,7 @@ class SoftConfig:
     feature_eps: float = GUIDE_EPS
     feature_filter_dims: int | None = None
     grouping_dims: int = 3
+    grouping_weighting: str = "mass"
     empty_threshold: float = 0.05
     grouping_restarts: int = 10
     blas_threads: int | None = 1
@@ -176,6 +180,11 @@ class SoftConfig:
             raise ConfigError(f"graph must be 'pixels' or 'superpixels', got {self.graph!r}")
         if self.basis not in ("constant", "colour_linear"):
             raise ConfigError(f"basis must be 'constant' or 'colour_linear', got {self.basis!r}")
+        if self.grouping_weighting not in grouping.WEIGHTINGS:
+            raise ConfigError(
+                f"grouping_weighting must be one of {', '.join(grouping.WEIGHTINGS)}, "
+                f"got {self.grouping_weighting!r}"
+            )
         for name in (
             "n_superpixels",
             "n_eigenvectors",
@@ -553,6 +562,7 @@ def _soft_segment(
         mass=mass,
         n_init=config.grouping_restarts,
         seed=seed,
+        weighting=config.grouping_weighting,
     )
     if functions is not None:
         full = _span_coefficients(segments, node_vectors, vectors, functions.constant())
