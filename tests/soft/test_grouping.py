@@ -99,8 +99,8 @@ def test_weighting_decides_whether_a_small_distinct_segment_keeps_its_layer() ->
     segments = np.eye(3)
     features = np.array([[0.0], [1.0], [5.0]])
     mass = np.array([1000.0, 1000.0, 10.0])
-    _, by_mass = group_segments(segments, features, 2, mass=mass, min_peak=0)
-    _, uniform = group_segments(segments, features, 2, mass=mass, min_peak=0, weighting="uniform")
+    _, by_mass = group_segments(segments, features, 2, mass=mass, min_peak=0, weighting="mass")
+    _, uniform = group_segments(segments, features, 2, mass=mass, min_peak=0)  # the default
     assert by_mass[1] == by_mass[2] != by_mass[0]
     assert uniform[0] == uniform[1] != uniform[2]
     with pytest.raises(ValueError, match="weighting"):

@@ -127,9 +127,9 @@ class SoftConfig:
         grouping_dims: principal dimensions of the features that the k-means steps (initial
             segments, grouping) see (3, the paper); the affinities always use the first 3.
             More than 3 needs raw features (preprocessed ones have 3).
-        grouping_weighting: weight of each segment in the grouping k-means: ``"mass"`` (its
-            alpha mass), ``"sqrt"`` or ``"uniform"`` (the official code); see
-            :func:`finecut.soft.grouping.group_segments`.
+        grouping_weighting: weight of each segment in the grouping k-means: ``"uniform"`` (the
+            official code), ``"mass"`` (its alpha mass, finecut's default until 2026-12-06) or
+            ``"sqrt"``; see :func:`finecut.soft.grouping.group_segments`.
         empty_threshold: a layer whose max alpha is below this is empty.
         grouping_restarts: k-means restarts of the grouping.
         blas_threads: BLAS threads while the pipeline runs (1), None to leave them as they are.
@@ -170,7 +170,7 @@ class SoftConfig:
     feature_eps: float = GUIDE_EPS
     feature_filter_dims: int | None = None
     grouping_dims: int = 3
-    grouping_weighting: str = "mass"
+    grouping_weighting: str = "uniform"
     empty_threshold: float = 0.05
     grouping_restarts: int = 10
     blas_threads: int | None = 1
