@@ -99,9 +99,10 @@ def test_training_beat_the_imagenet_features(shared_data) -> None:
 # the mean IoU of the best layer or pair of layers with the object, recorded in
 # docs/training_embedding.md from that run's per-frame numbers for these frames.
 DAVIS_FRAMES = ("000", "060", "120", "180", "240", "300")
-# The shipped stage 1 with the fast mode's colour-linear basis (frames 0.915, 0.414, 0.219, 0.660,
-# 0.850, 0.562); with the superpixel-constant basis it gave 0.529, the network before it 0.493.
-RECORDED_DAVIS_PAIR_IOU = 0.603
+# The shipped stage 1 with the fast mode's colour-linear basis and every segment alike in the
+# grouping (frames 0.912, 0.419, 0.219, 0.660, 0.845, 0.532); grouped by segment mass it gave
+# 0.603, with the superpixel-constant basis 0.529, the network before it 0.493.
+RECORDED_DAVIS_PAIR_IOU = 0.598
 DAVIS_MARGIN = 0.03  # absolute
 
 
