@@ -348,8 +348,10 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_shipped_configs_load_and_the_restart_config_continues_the_schedule() -> None:
-    """Every configs/segment/*.yaml loads; camvid_from_shipped.yaml's lr is the stage-1
-    schedule's from the shipped step on (the shipped step is read from the manifest)."""
+    """Every configs/segment/*.yaml loads. camvid_from_shipped.yaml starts from the shipped
+    weights: while the shipped step (read from the manifest) is inside the stage-1 schedule, its
+    lr is that schedule's from the shipped step on; once the schedule has run out, it is a new
+    cycle (warm-up, a lower peak lr than the first cycle's, its own run folder)."""
     from finecut.train.embedding import poly_lr
     from finecut.weights import load_manifest
 
@@ -358,7 +360,13 @@ def test_shipped_configs_load_and_the_restart_config_continues_the_schedule() ->
     assert "camvid_stage1.yaml" in configs and "camvid_from_shipped.yaml" in configs
     full, restart = configs["camvid_stage1.yaml"], configs["camvid_from_shipped.yaml"]
     shipped = load_manifest("segmenter_camvid")["step"]
-    assert restart.init == "segmenter_camvid" and restart.warmup == 0
+    assert restart.init == "segmenter_camvid"
+    if shipped >= full.iters:
+        assert restart.warmup > 0 and 0 < restart.lr < full.lr
+        assert restart.out != full.out, "a new cycle must not resume the first one's last.pt"
+        assert poly_lr(restart.iters - 1, restart.iters, restart.lr, restart.poly_power, 0) < 1e-4
+        return
+    assert restart.warmup == 0
     assert restart.iters == full.iters - shipped
     for t in (0, 100, 500, restart.iters - 1):
         expected = poly_lr(shipped + t, full.iters, full.lr, full.poly_power, full.warmup)
