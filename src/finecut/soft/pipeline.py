@@ -170,7 +170,7 @@ class SoftConfig:
     feature_eps: float = GUIDE_EPS
     feature_filter_dims: int | None = None
     grouping_dims: int = 3
-    grouping_weighting: str = "uniform"
+    grouping_weighting: Literal["mass", "sqrt", "uniform"] = "uniform"
     empty_threshold: float = 0.05
     grouping_restarts: int = 10
     blas_threads: int | None = 1
