@@ -888,7 +888,8 @@ def _add_train(sub) -> None:
         type=Path,
         default=None,
         help="YAML with a 'sources' list of {kind: labels|masks, path, weight, stems, exclude, "
-        "splits} (configs/soft/mix.yaml); instead of --labels / --masks",
+        "splits} and optional paste_prob, paste_size, paste_max (copy-paste of small objects) "
+        "(configs/soft/mix.yaml); instead of --labels / --masks",
     )
     e.add_argument(
         "--init",
@@ -1018,8 +1019,13 @@ def _cmd_train_embedding(args) -> int:
         raise ConfigError("give either --mix or --labels / --masks, not both")
     if args.mix is None and args.labels is None and args.masks is None:
         raise ConfigError("give --labels and/or --masks, or --mix")
-    sources = _read_mix(args.mix, EmbeddingSource)[0] if args.mix else ()
+    sources, mix_opts = (
+        _read_mix(args.mix, EmbeddingSource, ("paste_prob", "paste_size", "paste_max"))
+        if args.mix
+        else ((), {})
+    )
     cfg = EmbeddingTrainConfig(
+        **mix_opts,
         label_data=str(args.labels) if args.labels else None,
         mask_data=str(args.masks) if args.masks else None,
         mask_stems=tuple(args.mask_stems) if args.mask_stems else None,

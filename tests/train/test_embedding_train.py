@@ -23,10 +23,12 @@ from finecut.train.embedding_data import (
     EmbeddingDataset,
     EmbeddingSource,
     EpochSampler,
+    check_paste,
     instance_map,
     label_map_items,
     mask_items,
     mixed_items,
+    paste_object,
     source_items,
 )
 from finecut.train.export import export_embedding_weights, export_refine_weights
@@ -164,6 +166,63 @@ def test_dataset_items_are_deterministic_and_change_with_the_epoch(tmp_path: Pat
     later = [ds[1 + e * n] for e in range(1, 6)]  # same item, later epochs
     assert any(not torch.equal(a[0], c[0]) for c in later)
     assert int(ds[n - 1][1].max()) == 1  # mask items: background 0, object 1
+
+
+def test_paste_object_known_answer() -> None:
+    """A 20x20 object shrunk to a longer side of 10 px: 100 new-instance pixels of its colour,
+    everything else untouched; a soft seam is ignored; an empty mask changes nothing."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    labels = np.zeros((64, 64), np.int64)
+    labels[:, 32:] = 1
+    src = np.zeros((40, 40, 3), np.uint8)
+    src[10:30, 10:30] = (200, 100, 50)
+    alpha = np.zeros((40, 40), np.uint8)
+    alpha[10:30, 10:30] = 255
+    rng = np.random.default_rng(0)
+    assert paste_object(image, labels, src, alpha, rng, (10, 10))
+    new = labels == 2
+    assert new.sum() == 100 and (labels >= 0).all()
+    ys, xs = np.nonzero(new)
+    assert ys.max() - ys.min() == 9 and xs.max() - xs.min() == 9  # one 10x10 square
+    assert (image[new] == (200, 100, 50)).all() and (image[~new] == 0).all()
+
+    soft = np.zeros((40, 40), np.uint8)
+    soft[10:30, 10:30] = 255
+    soft[10:30, 30:32] = 80  # a seam of alpha 0.31
+    image2, labels2 = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.int64)
+    src2 = np.full((40, 40, 3), 250, np.uint8)
+    assert paste_object(image2, labels2, src2, soft, np.random.default_rng(1), (22, 22))
+    assert (labels2 == 1).sum() == 20 * 20 and (labels2 == -1).sum() == 2 * 20
+    assert set(np.unique(image2[labels2 == -1])) == {round(250 * 80 / 255)}
+
+    before = image.copy(), labels.copy()
+    assert not paste_object(image, labels, src, np.zeros_like(alpha), rng, (10, 10))
+    assert (image == before[0]).all() and (labels == before[1]).all()
+
+
+def test_dataset_paste_adds_a_small_instance_and_checks_its_settings(tmp_path: Path) -> None:
+    labels = label_map_items(_label_folder(tmp_path / "cv"))
+    masks = mask_items(_mask_folder(tmp_path / "m", ["a", "b"]))
+    plain = EmbeddingDataset(labels + masks, crop=64, seed=3)
+    pasted = EmbeddingDataset(
+        labels + masks, crop=64, seed=3, paste_prob=1.0, paste_size=(8, 16), paste_max=1
+    )
+    for key in range(len(plain)):
+        la, lb = plain[key][1], pasted[key][1]
+        assert int(lb.max()) > int(la.max())  # a new instance on top of the crop's own
+        extra = lb > la.max()
+        assert 8 <= int(extra.sum()) <= 16 * 16
+        assert torch.equal(pasted[key][1], lb)  # deterministic
+    with pytest.raises(ConfigError, match="binary-mask"):
+        EmbeddingDataset(labels, crop=64, paste_prob=0.5, paste_size=(8, 16))
+    for bad in (dict(prob=1.5), dict(size=(2, 10)), dict(size=(40, 30)), dict(size=(8, 99))):
+        args = dict(prob=0.5, size=(8, 16), most=1, crop=64) | bad
+        with pytest.raises(ConfigError, match="paste"):
+            check_paste(args["prob"], args["size"], args["most"], args["crop"])
+    with pytest.raises(ConfigError, match="paste_max"):
+        check_paste(0.5, (8, 16), 0, 64)
+    with pytest.raises(ConfigError, match="paste_prob"):
+        EmbeddingTrainConfig(mask_data="x", paste_prob=float("nan"))
 
 
 def test_epoch_sampler_resumes_and_shards() -> None:

@@ -57,6 +57,7 @@ from finecut.train.embedding_data import (
     EmbeddingSource,
     EpochSampler,
     LabelledImage,
+    check_paste,
     label_map_items,
     mask_items,
     mixed_items,
@@ -102,6 +103,10 @@ class EmbeddingTrainConfig:
         instance_mode: ``mixed`` / ``classes`` / ``components`` for label maps.
         void: ignored class id of label maps (CamVid: 11).
         min_component: smallest connected component used as an instance, in pixels.
+        paste_prob: share of crops that receive objects cut from the binary-mask items, shrunk
+            to ``paste_size`` px (copy-paste; :class:`EmbeddingDataset`). 0: off.
+        paste_size: range of a pasted object's longer side, px.
+        paste_max: most objects pasted into one crop.
         freeze_encoder_bn: keep the encoder's BatchNorm statistics (affine terms still train).
         workers: DataLoader worker processes.
         seed: seed of data order, augmentation, pixel sampling and initialisation.
@@ -136,6 +141,9 @@ class EmbeddingTrainConfig:
     instance_mode: str = "mixed"
     void: int | None = CAMVID_VOID
     min_component: int = 64
+    paste_prob: float = 0.0
+    paste_size: tuple[int, int] = (24, 128)
+    paste_max: int = 2
     freeze_encoder_bn: bool = True
     workers: int = 1
     seed: int = 0
@@ -167,6 +175,9 @@ class EmbeddingTrainConfig:
             raise ConfigError(f"these settings must be >= 1: {', '.join(bad)}")
         if self.lr <= 0 or self.encoder_lr_scale < 0:
             raise ConfigError("lr must be > 0 and encoder_lr_scale >= 0")
+        if isinstance(self.paste_size, list):
+            object.__setattr__(self, "paste_size", tuple(self.paste_size))
+        check_paste(self.paste_prob, self.paste_size, self.paste_max, self.crop)
 
 
 def poly_lr(step: int, total: int, base_lr: float, power: float = 0.9, warmup: int = 0) -> float:
@@ -291,6 +302,9 @@ def train_embedding(cfg: EmbeddingTrainConfig, *, progress: bool = False) -> Pat
         void=cfg.void,
         min_component=cfg.min_component,
         seed=cfg.seed,
+        paste_prob=cfg.paste_prob,
+        paste_size=tuple(cfg.paste_size),
+        paste_max=cfg.paste_max,
     )
     per_rank = max(1, cfg.batch_size // info.world_size)
 

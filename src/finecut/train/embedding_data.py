@@ -19,6 +19,13 @@ Several folders are mixed with :class:`EmbeddingSource` (kind, path, weight, ste
 per-item sampling weight (the source's weight shared among its items), which
 :class:`EpochSampler` draws by, so 10,553 DUTS-TR images do not drown 367 CamVid scenes.
 
+With ``paste_prob`` > 0 a crop also receives, with that probability, one to ``paste_max``
+objects cut out of other binary-mask items (their mask as alpha), shrunk so that the longer side
+of the object is ``paste_size`` px, each a new instance (copy-paste augmentation, as in Ghiasi et
+al., "Simple Copy-Paste is a Strong Data Augmentation Method for Instance Segmentation", CVPR
+2021). Salient-object data hold one large object per image and the crop never shrinks an image
+below the crop's side, so without it the only small objects the network sees are CamVid's.
+
 Every item is deterministic given (seed, epoch, index).
 """
 
@@ -49,11 +56,13 @@ __all__ = [
     "EmbeddingSource",
     "EpochSampler",
     "LabelledImage",
+    "check_paste",
     "excluded_stems",
     "instance_map",
     "label_map_items",
     "mask_items",
     "mixed_items",
+    "paste_object",
     "read_label_map",
     "source_items",
 ]
@@ -311,6 +320,9 @@ class EmbeddingDataset(Dataset):
         void: the ignored class id of label maps.
         min_component: smallest connected component kept as an instance.
         seed: base seed; item ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
+        paste_prob: probability that a crop receives pasted objects (0: none).
+        paste_size: range of the pasted object's longer side in px (at most the crop).
+        paste_max: most objects pasted into one crop (drawn uniformly from 1..paste_max).
 
     The key passed to ``dataset[key]`` encodes the epoch: ``key = tag * len(dataset) + i``
     (what :class:`EpochSampler` yields: the tag is the epoch, or with weighted sampling the
@@ -331,11 +343,22 @@ class EmbeddingDataset(Dataset):
         void: int | None = CAMVID_VOID,
         min_component: int = 64,
         seed: int = 0,
+        paste_prob: float = 0.0,
+        paste_size: tuple[int, int] = (24, 128),
+        paste_max: int = 2,
     ) -> None:
         if not items:
             raise ImageError("no labelled images to train on")
         if instance_mode not in _INSTANCE_MODES:
             raise ConfigError(f"unknown instance mode {instance_mode!r}")
+        check_paste(paste_prob, paste_size, paste_max, crop)
+        self.paste_prob = float(paste_prob)
+        self.paste_size = (int(paste_size[0]), int(paste_size[1]))
+        self.paste_max = int(paste_max)
+        # objects to paste come from the binary-mask items (one object each)
+        self.paste_pool = [i for i, it in enumerate(items) if it.kind == "mask"]
+        if self.paste_prob > 0 and not self.paste_pool:
+            raise ConfigError("paste_prob > 0 needs at least one binary-mask source to cut from")
         self.items = list(items)
         self.crop = crop
         self.scale_range = scale_range
@@ -387,8 +410,74 @@ class EmbeddingDataset(Dataset):
         img = image[y : y + s, x : x + s]
         if rng.random() < 0.5:
             img, lab = img[:, ::-1], lab[:, ::-1]
+        if self.paste_prob > 0 and rng.random() < self.paste_prob:
+            img, lab = np.array(img), np.array(lab)
+            for _ in range(int(rng.integers(1, self.paste_max + 1))):
+                j = self.paste_pool[int(rng.integers(len(self.paste_pool)))]
+                item = self.items[j]
+                src = read_image(item.image)
+                alpha = read_mask(item.label, shape=src.shape[:2], image_path=item.image)
+                paste_object(img, lab, src, alpha, rng, self.paste_size)
         img_t = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).copy())
         return img_t.float() / 255.0, torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
+
+
+def check_paste(prob: float, size: tuple[int, int], most: int, crop: int) -> None:
+    """Refuse copy-paste settings that cannot work (:class:`EmbeddingDataset`); the sizes are
+    checked only when pasting is on."""
+    if not 0.0 <= prob <= 1.0:  # also refuses NaN
+        raise ConfigError(f"paste_prob must be in [0, 1], got {prob}")
+    if prob > 0 and (len(size) != 2 or not 4 <= size[0] <= size[1] <= crop):
+        raise ConfigError(
+            f"paste_size must be (lo, hi) with 4 <= lo <= hi <= crop ({crop}), got {size}"
+        )
+    if most < 1:
+        raise ConfigError(f"paste_max must be >= 1, got {most}")
+
+
+def paste_object(
+    image: np.ndarray,
+    labels: np.ndarray,
+    src: np.ndarray,
+    alpha: np.ndarray,
+    rng: np.random.Generator,
+    size: tuple[int, int],
+) -> bool:
+    """Paste the object of ``src`` (``alpha``, uint8 0-255, the object's matte) into ``image`` /
+    ``labels`` in place, as a new instance: the box of alpha > 0.1 is shrunk (area) so that
+    the longer side is a random length in ``size``, flipped with probability one half, put at a
+    random place inside the crop and alpha-blended. Label of the new instance: ``labels.max()
+    + 1`` where the shrunk alpha is at least 0.5, ignored (-1) where it is in (0.1, 0.5) (mixed
+    pixels of the seam); pixels under a lower alpha keep their label.
+
+    Returns:
+        False (nothing changed) when the mask holds no object of at least 16 px.
+    """
+    if np.count_nonzero(alpha >= 128) < 16:
+        return False
+    ys, xs = np.nonzero(alpha > 25)  # the box keeps a soft fringe (hair) outside the 0.5 line
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    obj = src[y0:y1, x0:x1]
+    a = alpha[y0:y1, x0:x1].astype(np.float32) / 255.0
+    s_h, s_w = labels.shape
+    f = rng.uniform(size[0], size[1]) / max(y1 - y0, x1 - x0)
+    nh = int(min(s_h, max(1, round((y1 - y0) * f))))
+    nw = int(min(s_w, max(1, round((x1 - x0) * f))))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    obj = cv2.resize(obj, (nw, nh), interpolation=interp).astype(np.float32)
+    a = np.clip(cv2.resize(a, (nw, nh), interpolation=interp), 0.0, 1.0)
+    if rng.random() < 0.5:
+        obj, a = obj[:, ::-1], a[:, ::-1]
+    py = int(rng.integers(0, s_h - nh + 1))
+    px = int(rng.integers(0, s_w - nw + 1))
+    region = image[py : py + nh, px : px + nw].astype(np.float32)
+    blended = a[..., None] * obj + (1.0 - a[..., None]) * region
+    image[py : py + nh, px : px + nw] = np.clip(np.rint(blended), 0, 255).astype(image.dtype)
+    new_id = max(int(labels.max()) + 1, 0)
+    sub = labels[py : py + nh, px : px + nw]
+    sub[a >= 0.5] = new_id
+    sub[(a > 0.1) & (a < 0.5)] = IGNORE
+    return True
 
 
 class EpochSampler(Sampler[int]):
