@@ -211,3 +211,40 @@ def test_graph_errors_are_config_errors() -> None:
     deep = {"stages": [{"name": "D0", "inputs": ["E7"], "size_from": "E0"}]}
     with pytest.raises(ConfigError, match="only 5 features"):
         Segmenter(SegmenterConfig(decoder="pruned", graph=deep), pretrained=False)
+
+
+# ----------------------------------------------------------------- test-time augmentation
+
+
+def test_multiscale_probs_known_answers() -> None:
+    """One pass at scale 1 is the softmax; the flip adds the mirrored pass mirrored back; several
+    scales are the mean of the single-scale results; a position-blind model on a constant image
+    gives the same at every scale; bad scales are refused."""
+    from finecut.errors import ConfigError
+    from finecut.models.segmenter import multiscale_probs
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1).double()
+    x = torch.rand(2, 3, 12, 20, dtype=torch.float64)
+    with torch.no_grad():
+        one = multiscale_probs(conv, x)
+        assert torch.allclose(one, conv(x).float().softmax(1))
+        assert torch.allclose(one.sum(1), torch.ones(2, 12, 20))
+        flipped = multiscale_probs(conv, x, flip=True)
+        mirror = conv(x.flip(-1)).float().softmax(1).flip(-1)
+        assert torch.allclose(flipped, (one + mirror) / 2)
+        assert not torch.allclose(flipped, one)  # the conv is not mirror-symmetric
+        several = multiscale_probs(conv, x, (0.5, 1.0, 1.5))
+        parts = [multiscale_probs(conv, x, (s,)) for s in (0.5, 1.0, 1.5)]
+        assert torch.allclose(several, sum(parts) / 3)
+        assert several.shape == (2, 5, 12, 20)
+        pointwise = torch.nn.Conv2d(3, 4, 1).double()
+        flat = torch.full((1, 3, 16, 16), 0.3, dtype=torch.float64)
+        assert torch.allclose(
+            multiscale_probs(pointwise, flat, (0.5, 2.0), flip=True),
+            multiscale_probs(pointwise, flat),
+            atol=1e-6,
+        )
+    for bad in ((), (0.0,), (1.0, -1.0), (float("nan"),)):
+        with pytest.raises(ConfigError, match="scales"):
+            multiscale_probs(conv, x, bad)

@@ -110,3 +110,25 @@ def test_segment_image_downscales_large_inputs() -> None:
     stub = ColourStub()
     image = np.zeros((40, 80, 3), np.uint8)
     assert segment_image(stub, image, max_side=20).shape == (40, 80)
+
+
+def test_test_time_augmentation_passes_and_cli(tmp_path: Path, capsys) -> None:
+    """Scales and flip run one model pass each (a pixel-wise stub's answer is unchanged); the
+    CLI takes --scales / --flip and refuses a bad scale list in one line."""
+    from finecut.cli import main
+
+    root = write_camvid(tmp_path / "camvid", {"test": 2}, size=(24, 40), seed=5)
+    plain = evaluate_segment(root, "test", model=ColourStub({3: 4}), device="cpu")
+    stub = ColourStub({3: 4})
+    tta = evaluate_segment(root, "test", model=stub, device="cpu", scales=(1.0, 2.0), flip=True)
+    assert stub.calls == 2 * 2 * 2  # 2 images, 2 scales, 2 mirrors
+    assert tta.miou == pytest.approx(plain.miou)
+    image = np.zeros((12, 16, 3), np.uint8)
+    image[:, 8:, 0] = 2 * CLASS_STEP
+    stub = ColourStub()
+    out = segment_image(stub, image, scales=(1.0, 1.5), flip=True)
+    assert stub.calls == 4 and (out[:, :8] == 0).all() and (out[:, 9:] == 2).all()
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "segment", "--data", str(root), "--scales", "1,x"])
+    assert exc.value.code == 2
+    assert "--scales: expected positive numbers" in capsys.readouterr().err

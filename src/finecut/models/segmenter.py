@@ -41,6 +41,7 @@ __all__ = [
     "check_positive_ints",
     "config_from_dict",
     "load_config",
+    "multiscale_probs",
     "pruned_segmenter",
     "replace_downsampling",
     "save_config",
@@ -402,6 +403,56 @@ class Segmenter(nn.Module):
     def clamp_connections_(self) -> None:
         """Clamp the decoder's connection weights to [0, 2]; call after each optimiser step."""
         self.decoder.clamp_connections_()
+
+
+def multiscale_probs(
+    model: nn.Module,
+    image: Tensor,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+) -> Tensor:
+    """Class probabilities of a batch, averaged over input scales and a horizontal flip
+    (test-time augmentation, as in DeepLab and most CamVid / Cityscapes results).
+
+    Each pass resizes the input by one factor (area when shrinking, bilinear when enlarging),
+    runs the model, resizes the logits back to the input's size (bilinear), takes their softmax,
+    and the mean of the passes is returned; with ``flip`` every scale also runs on the mirrored
+    image, mirrored back. ``scales=(1.0,)`` without flip is the model's own softmax.
+
+    Args:
+        model: any module mapping (B, 3, H, W) to (B, K, H, W) logits (or logits of another
+            size, which are resized).
+        image: (B, 3, H, W) float input.
+        scales: positive resize factors.
+        flip: add the mirrored pass of every scale.
+
+    Returns:
+        (B, K, H, W) float32 probabilities summing to 1 over K.
+    """
+    if not scales or any(not s > 0 for s in scales):
+        raise ConfigError(f"scales must be positive numbers, got {tuple(scales)}")
+    h, w = image.shape[-2:]
+    total: Tensor | None = None
+    n = 0
+    for scale in scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size == (h, w):
+            x = image
+        elif scale < 1:
+            x = F.interpolate(image, size=size, mode="area")
+        else:
+            x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            logits = model(x.flip(-1) if mirrored else x).float()
+            if mirrored:
+                logits = logits.flip(-1)
+            if tuple(logits.shape[-2:]) != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total = probs if total is None else total + probs
+            n += 1
+    assert total is not None
+    return total / n
 
 
 def pruned_segmenter(

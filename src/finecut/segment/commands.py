@@ -16,6 +16,34 @@ from pathlib import Path
 
 log = logging.getLogger("finecut")
 
+
+def _scales_arg(text: str) -> tuple[float, ...]:
+    """``--scales 0.75,1,1.25`` -> (0.75, 1.0, 1.25); each a positive number."""
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected positive numbers separated by commas, got {text!r}"
+        ) from None
+    if not all(0 < s <= 4 for s in scales):  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"each scale must be in (0, 4], got {text!r}")
+    return scales
+
+
+def _add_tta_args(p: argparse.ArgumentParser) -> None:
+    from finecut.segment.defaults import DEFAULT_FLIP, DEFAULT_SCALES
+
+    default = ",".join(f"{s:g}" for s in DEFAULT_SCALES)
+    p.add_argument(
+        "--scales", type=_scales_arg, default=DEFAULT_SCALES,
+        help=f"input scales whose class probabilities are averaged (default: {default}; "
+        "1 for a single plain pass)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=DEFAULT_FLIP,
+        help=f"also average the mirrored pass of every scale (default: {DEFAULT_FLIP})",
+    )  # fmt: skip
+
 __all__ = [
     "add_eval_parser",
     "add_parsers",
@@ -129,6 +157,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    _add_tta_args(p)
     p.set_defaults(func=cmd_eval_segment)
 
 
@@ -142,6 +171,8 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         progress=sys.stderr.isatty(),
+        scales=args.scales,
+        flip=args.flip,
     )
     print(format_segment_table(result))
     if args.json is not None:
@@ -166,6 +197,7 @@ def _add_segment(sub) -> None:
     )  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--max-side", type=int, default=1024, help="segment larger images downscaled")
+    _add_tta_args(p)
     p.set_defaults(func=cmd_segment)
 
 
@@ -176,7 +208,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from finecut.segment.predict import load_segmenter, overlay, segment_image
 
     model = load_segmenter(args.weights, device=args.device)
-    labels = segment_image(model, image, max_side=args.max_side)
+    labels = segment_image(
+        model, image, max_side=args.max_side, scales=args.scales, flip=args.flip
+    )
     out = write_mask(args.output, labels, protect=[args.image])
     overlay_path = args.overlay or out.with_name(f"{out.stem}_overlay.png")
     write_image(overlay_path, overlay(image, labels), protect=[args.image, out])

@@ -30,6 +30,8 @@ def evaluate_segment(
     device: str | torch.device | None = None,
     threads: int | None = None,
     progress: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
 ) -> SegmentEvalResult:
     """Per-class IoU and mIoU of a segmenter on ``data_dir/split``.
 
@@ -42,6 +44,8 @@ def evaluate_segment(
         device: where to run (default: CUDA when available).
         threads: CPU threads (``torch.set_num_threads``).
         progress: show a progress bar.
+        scales: input scales whose class probabilities are averaged (test-time augmentation).
+        flip: also average the mirrored pass of every scale.
 
     Raises:
         WeightsError: the weights cannot be loaded.
@@ -54,7 +58,9 @@ def evaluate_segment(
 
         model = load_segmenter(weights, device=device)
         device = None  # load_segmenter placed it
-    return evaluate_model(model, data_dir, split, device=device, progress=progress)
+    return evaluate_model(
+        model, data_dir, split, device=device, progress=progress, scales=scales, flip=flip
+    )
 
 
 def format_segment_table(result: SegmentEvalResult) -> str:

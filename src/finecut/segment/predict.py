@@ -19,12 +19,20 @@ from torch import nn
 
 from finecut.devices import resolve_device
 from finecut.errors import ImageError, WeightsError
-from finecut.models.segmenter import CAMVID_CLASSES, Segmenter, SegmenterConfig
+from finecut.models.segmenter import (
+    CAMVID_CLASSES,
+    Segmenter,
+    SegmenterConfig,
+    multiscale_probs,
+)
+from finecut.segment.defaults import DEFAULT_FLIP, DEFAULT_SCALES
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CAMVID_PALETTE",
+    "DEFAULT_FLIP",
+    "DEFAULT_SCALES",
     "DEFAULT_WEIGHTS",
     "colorize",
     "export_segmenter",
@@ -64,6 +72,8 @@ def segment_image(
     *,
     device: str | torch.device | None = None,
     max_side: int | None = 1024,
+    scales: tuple[float, ...] = DEFAULT_SCALES,
+    flip: bool = DEFAULT_FLIP,
 ) -> np.ndarray:
     """Class ids of every pixel of an RGB photo.
 
@@ -74,6 +84,9 @@ def segment_image(
         device: where to run; the model is moved there.
         max_side: images with a longer side are segmented at that size and the logits
             upsampled back (None: always at full size).
+        scales: input scales (relative to the size segmented) whose class probabilities are
+            averaged, test-time augmentation (:func:`~finecut.models.segmenter.multiscale_probs`).
+        flip: also average the mirrored pass of every scale.
 
     Returns:
         ``(H, W)`` uint8 class ids.
@@ -99,7 +112,10 @@ def segment_image(
         scale = max_side / max(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = F.interpolate(x, size=size, mode="area")
-    logits = model(x)
+    if tuple(scales) == (1.0,) and not flip:
+        logits = model(x)
+    else:
+        logits = multiscale_probs(model, x, tuple(scales), flip)
     if tuple(logits.shape[-2:]) != (h, w):
         logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

@@ -22,7 +22,7 @@ from torch import nn
 
 from finecut.devices import resolve_device
 from finecut.metrics import semantic
-from finecut.models.segmenter import CAMVID_CLASSES
+from finecut.models.segmenter import CAMVID_CLASSES, multiscale_probs
 from finecut.train.segment_data import CAMVID_VOID, SegmentDataset, segment_items
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,14 @@ def evaluate_model(
     void: int = CAMVID_VOID,
     amp: bool = False,
     progress: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    flip: bool = False,
 ) -> SegmentEvalResult:
     """Evaluate a model (any module mapping (B, 3, H, W) in [0, 1] to (B, K, H, W) logits).
 
     The model is put in eval mode (and left there) on ``device`` (default: the model's own).
+    ``scales`` / ``flip``: test-time augmentation (:func:`multiscale_probs`); the default is one
+    plain pass.
 
     Raises:
         ImageError: the split is missing or holds unusable files.
@@ -108,7 +112,10 @@ def evaluate_model(
         image, labels = dataset[index]
         start = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            logits = model(image.unsqueeze(0).to(dev))
+            if tuple(scales) == (1.0,) and not flip:
+                logits = model(image.unsqueeze(0).to(dev))
+            else:
+                logits = multiscale_probs(model, image.unsqueeze(0).to(dev), tuple(scales), flip)
         pred = logits.argmax(1)[0].cpu().numpy()
         seconds += time.perf_counter() - start
         confusion += semantic.confusion_matrix(pred, labels.numpy(), num_classes, void)
