@@ -102,6 +102,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--weights", type=Path, help="also run an embedding checkpoint (kind 'new')")
     p.add_argument("--long-side", type=int, default=640)
     p.add_argument("--layers", type=int, default=5)
+    p.add_argument(
+        "--embed-scale", type=float, default=None,
+        help="the embedding network sees the image resized by this factor (default: "
+        "finecut's own default)",
+    )  # fmt: skip
     p.add_argument("--mode", default="fast", choices=("fast", "faithful"))
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS / OpenCV threads (1)")
     p.add_argument("--device", default="cpu", help="device of the embedding network (cpu)")
@@ -273,7 +278,12 @@ class _Runner:
         from finecut.soft import soft_segment
 
         start = time.perf_counter()
-        features = "none" if self.model is None else self.model.embed(image)
+        if self.model is None:
+            features = "none"
+        elif self.args.embed_scale is None:
+            features = self.model.embed(image)
+        else:
+            features = self.model.embed(image, scale=self.args.embed_scale)
         result = soft_segment(
             image, features, n_layers=self.args.layers, mode=self.args.mode, config=self.args.config
         )

@@ -142,6 +142,24 @@ def test_embed_with_max_side_keeps_the_output_size() -> None:
     assert np.isfinite(out).all()
 
 
+def test_embed_scale_is_the_forward_of_the_resized_image() -> None:
+    """scale=2 equals the features of the image enlarged twice (bilinear), computed by embed at
+    scale 1 and shrunk back to (H, W); max_side still bounds the network's input."""
+    model = _model().eval()
+    image = np.random.default_rng(3).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        big = F.interpolate(x, size=(64, 128), mode="bilinear", align_corners=False)
+        want = F.interpolate(model(big), size=(32, 64), mode="bilinear", align_corners=False)
+    got = model.embed(image, scale=2.0)
+    np.testing.assert_allclose(got, want[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    assert not np.allclose(got, model.embed(image), atol=1e-3)
+    np.testing.assert_allclose(model.embed(image, scale=2.0, max_side=64), model.embed(image))
+    for bad in (0.0, -1.0, float("nan"), 9.0):
+        with pytest.raises(ConfigError, match="scale"):
+            model.embed(image, scale=bad)
+
+
 @pytest.mark.parametrize(
     "image",
     [

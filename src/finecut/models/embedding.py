@@ -198,7 +198,9 @@ class SemanticEmbedding(nn.Module):
         return self.head(torch.cat(column, dim=1))
 
     @torch.no_grad()
-    def embed(self, image: np.ndarray, *, max_side: int | None = None) -> np.ndarray:
+    def embed(
+        self, image: np.ndarray, *, max_side: int | None = None, scale: float = 1.0
+    ) -> np.ndarray:
         """Per-pixel embeddings of one image, at its full resolution.
 
         The image is padded (edge replication) to a multiple of 32, so every encoder cell covers
@@ -209,6 +211,9 @@ class SemanticEmbedding(nn.Module):
             image: (H, W, 3) uint8 RGB.
             max_side: when given and the longer side exceeds it, the network sees the image
                 resized (area) to that longer side; the features are still returned at (H, W).
+            scale: the network sees the image resized by this factor (bilinear when enlarging,
+                area when shrinking; ``max_side`` still bounds the result), so that small
+                objects cover more encoder cells; the features are returned at (H, W).
 
         Returns:
             (H, W, out_dim) float32 features (H * W * 512 bytes at out_dim 128: 157 MB for
@@ -226,10 +231,16 @@ class SemanticEmbedding(nn.Module):
         param = next(self.parameters())
         x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(param.device)
         x = x.permute(2, 0, 1).unsqueeze(0).to(param.dtype) / 255.0
-        if max_side is not None and max(h, w) > max_side:
-            scale = max_side / max(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            x = F.interpolate(x, size=size, mode="area")
+        if not 0 < scale <= 8:  # also refuses NaN
+            raise ConfigError(f"embed() scale must be in (0, 8], got {scale}")
+        factor = float(scale)
+        if max_side is not None and max(h, w) * factor > max_side:
+            factor = max_side / max(h, w)
+        size = (max(1, round(h * factor)), max(1, round(w * factor)))
+        if size != (h, w):
+            mode = "area" if factor < 1 else "bilinear"
+            extra = {} if mode == "area" else {"align_corners": False}
+            x = F.interpolate(x, size=size, mode=mode, **extra)
         sh, sw = x.shape[-2:]
         ph, pw = -sh % _PAD_MULTIPLE, -sw % _PAD_MULTIPLE
         if ph or pw:
