@@ -94,7 +94,7 @@ def test_segment_image_and_overlay() -> None:
     labels = np.array([[0, 1, 2], [8, 9, 10]], dtype=np.uint8)
     image = np.zeros((2, 3, 3), np.uint8)
     image[..., 0] = labels * CLASS_STEP
-    out = segment_image(ColourStub({1: 0}), image)
+    out = segment_image(ColourStub({1: 0}), image, scales=(1.0,), flip=False)  # one plain pass
     assert out.dtype == np.uint8 and out.shape == (2, 3)
     np.testing.assert_array_equal(out, np.where(labels == 1, 0, labels))
     colours = colorize(out)

@@ -44,6 +44,7 @@ def _add_tta_args(p: argparse.ArgumentParser) -> None:
         help=f"also average the mirrored pass of every scale (default: {DEFAULT_FLIP})",
     )  # fmt: skip
 
+
 __all__ = [
     "add_eval_parser",
     "add_parsers",
@@ -208,9 +209,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from finecut.segment.predict import load_segmenter, overlay, segment_image
 
     model = load_segmenter(args.weights, device=args.device)
-    labels = segment_image(
-        model, image, max_side=args.max_side, scales=args.scales, flip=args.flip
-    )
+    labels = segment_image(model, image, max_side=args.max_side, scales=args.scales, flip=args.flip)
     out = write_mask(args.output, labels, protect=[args.image])
     overlay_path = args.overlay or out.with_name(f"{out.stem}_overlay.png")
     write_image(overlay_path, overlay(image, labels), protect=[args.image, out])

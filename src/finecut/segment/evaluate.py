@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from finecut.segment.defaults import DEFAULT_FLIP, DEFAULT_SCALES
 from finecut.train.segment_eval import SegmentEvalResult, evaluate_model
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ def evaluate_segment(
     device: str | torch.device | None = None,
     threads: int | None = None,
     progress: bool = False,
-    scales: tuple[float, ...] = (1.0,),
-    flip: bool = False,
+    scales: tuple[float, ...] = DEFAULT_SCALES,
+    flip: bool = DEFAULT_FLIP,
 ) -> SegmentEvalResult:
     """Per-class IoU and mIoU of a segmenter on ``data_dir/split``.
 
@@ -44,7 +45,8 @@ def evaluate_segment(
         device: where to run (default: CUDA when available).
         threads: CPU threads (``torch.set_num_threads``).
         progress: show a progress bar.
-        scales: input scales whose class probabilities are averaged (test-time augmentation).
+        scales: input scales whose class probabilities are averaged (test-time augmentation;
+            default :data:`~finecut.segment.defaults.DEFAULT_SCALES`, ``(1.0,)`` for one pass).
         flip: also average the mirrored pass of every scale.
 
     Raises:
