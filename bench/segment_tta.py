@@ -16,6 +16,7 @@ times two with the flip). Choose on ``val``; read ``test`` once for the chosen c
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--only", default=DEFAULT_CANDIDATES, help="candidates separated by |")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="first N images only (smoke runs)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every class's IoU here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     candidates = [(c, *parse_candidate(c)) for c in args.only.split("|")]
@@ -94,6 +96,14 @@ def main() -> None:
         cost = sum(s * s for s in sc) * (2 if flip else 1)
         passes = len(sc) * (2 if flip else 1)
         print(f"| {name} | {100 * miou:.2f} | {thin} | {passes} | {cost:.2f} |")
+    if args.json is not None:
+        rows = {}
+        for name, _, _ in candidates:
+            miou, per = semantic.miou(confusion[name])
+            per_class = dict(zip(CAMVID_CLASSES, map(float, per), strict=True))
+            rows[name] = {"miou": miou, "per_class": per_class}
+        body = {"split": args.split, "images": n, "weights": args.weights, "candidates": rows}
+        args.json.write_text(json.dumps(body, indent=2) + "\n")
 
 
 if __name__ == "__main__":
