@@ -51,7 +51,9 @@ def test_known_answer_by_hand(tmp_path: Path) -> None:
     )
     _write_one(tmp_path, labels)
     # class 1 predicted as 0: IoU(0) = 4 / 8, IoU(1) = 0, IoU(2) = 1; void ignored
-    result = evaluate_segment(tmp_path, "test", model=ColourStub({1: 0}), device="cpu")
+    result = evaluate_segment(
+        tmp_path, "test", model=ColourStub({1: 0}), device="cpu", scales=(1.0,), flip=False
+    )
     assert result.images == 1
     assert result.per_class[:3] == (0.5, 0.0, 1.0)
     assert all(math.isnan(v) for v in result.per_class[3:])
@@ -63,7 +65,8 @@ def test_known_answer_by_hand(tmp_path: Path) -> None:
 
 def test_matches_an_independent_count(tmp_path: Path) -> None:
     root = write_camvid(tmp_path / "camvid", {"test": 3}, size=(24, 40), seed=5)
-    result = evaluate_segment(root, "test", model=ColourStub({3: 4, 7: 2}), device="cpu")
+    stub = ColourStub({3: 4, 7: 2})
+    result = evaluate_segment(root, "test", model=stub, device="cpu", scales=(1.0,), flip=False)
     gts = [np.asarray(Image.open(p)) for p in sorted((root / "test" / "labels").iterdir())]
     table = np.arange(11)
     table[3], table[7] = 4, 2
@@ -118,7 +121,9 @@ def test_test_time_augmentation_passes_and_cli(tmp_path: Path, capsys) -> None:
     from finecut.cli import main
 
     root = write_camvid(tmp_path / "camvid", {"test": 2}, size=(24, 40), seed=5)
-    plain = evaluate_segment(root, "test", model=ColourStub({3: 4}), device="cpu")
+    plain = evaluate_segment(
+        root, "test", model=ColourStub({3: 4}), device="cpu", scales=(1.0,), flip=False
+    )
     stub = ColourStub({3: 4})
     tta = evaluate_segment(root, "test", model=stub, device="cpu", scales=(1.0, 2.0), flip=True)
     assert stub.calls == 2 * 2 * 2  # 2 images, 2 scales, 2 mirrors
