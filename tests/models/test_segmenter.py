@@ -248,3 +248,19 @@ def test_multiscale_probs_known_answers() -> None:
     for bad in ((), (0.0,), (1.0, -1.0), (float("nan"),)):
         with pytest.raises(ConfigError, match="scales"):
             multiscale_probs(conv, x, bad)
+
+
+def test_resize_by_known_answers() -> None:
+    """Shrinking averages areas, the same size is the input itself, enlarging is bilinear."""
+    import torch.nn.functional as F
+
+    from finecut.models.resize import resize_by
+
+    x = torch.arange(16, dtype=torch.float64).reshape(1, 1, 4, 4)
+    half = resize_by(x, 0.5)
+    assert torch.equal(half, torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]], dtype=torch.float64))
+    assert resize_by(x, 1.1) is x  # 4 * 1.1 rounds to 4
+    big = resize_by(x, 1.5)
+    want = F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False)
+    assert torch.equal(big, want)
+    assert resize_by(x, 0.01).shape == (1, 1, 1, 1)

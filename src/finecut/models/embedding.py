@@ -37,6 +37,7 @@ from torch import nn
 
 from finecut.errors import ConfigError, ImageError, WeightsError
 from finecut.models.crm import build_encoder
+from finecut.models.resize import resize_by
 
 log = logging.getLogger(__name__)
 
@@ -227,20 +228,16 @@ class SemanticEmbedding(nn.Module):
             raise ImageError(
                 f"embed() expects an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}"
             )
+        if not 0 < scale <= 8:  # also refuses NaN
+            raise ConfigError(f"embed() scale must be in (0, 8], got {scale}")
         h, w = image.shape[:2]
         param = next(self.parameters())
         x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(param.device)
         x = x.permute(2, 0, 1).unsqueeze(0).to(param.dtype) / 255.0
-        if not 0 < scale <= 8:  # also refuses NaN
-            raise ConfigError(f"embed() scale must be in (0, 8], got {scale}")
         factor = float(scale)
         if max_side is not None and max(h, w) * factor > max_side:
             factor = max_side / max(h, w)
-        size = (max(1, round(h * factor)), max(1, round(w * factor)))
-        if size != (h, w):
-            mode = "area" if factor < 1 else "bilinear"
-            extra = {} if mode == "area" else {"align_corners": False}
-            x = F.interpolate(x, size=size, mode=mode, **extra)
+        x = resize_by(x, factor)
         sh, sw = x.shape[-2:]
         ph, pw = -sh % _PAD_MULTIPLE, -sw % _PAD_MULTIPLE
         if ph or pw:

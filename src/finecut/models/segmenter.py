@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from finecut.errors import ConfigError
 from finecut.layers import DecoderGraph, PolyPool2d, PruneResult, fully_dense_graph
 from finecut.models.dense_decoder import DenseDecoder
+from finecut.models.resize import resize_by
 from finecut.models.spn_head import SPNHead
 
 __all__ = [
@@ -435,13 +436,7 @@ def multiscale_probs(
     total: Tensor | None = None
     n = 0
     for scale in scales:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if size == (h, w):
-            x = image
-        elif scale < 1:
-            x = F.interpolate(image, size=size, mode="area")
-        else:
-            x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        x = resize_by(image, scale)
         for mirrored in (False, True) if flip else (False,):
             logits = model(x.flip(-1) if mirrored else x).float()
             if mirrored:

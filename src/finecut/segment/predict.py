@@ -19,6 +19,7 @@ from torch import nn
 
 from finecut.devices import resolve_device
 from finecut.errors import ImageError, WeightsError
+from finecut.models.resize import resize_by
 from finecut.models.segmenter import (
     CAMVID_CLASSES,
     Segmenter,
@@ -109,9 +110,7 @@ def segment_image(
     x = torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1).copy()).to(dev)
     x = x.float().div_(255.0).unsqueeze(0)
     if max_side is not None and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = F.interpolate(x, size=size, mode="area")
+        x = resize_by(x, max_side / max(h, w))
     if tuple(scales) == (1.0,) and not flip:
         logits = model(x)
     else:
