@@ -221,6 +221,14 @@ def test_dataset_paste_adds_a_small_instance_and_checks_its_settings(tmp_path: P
             check_paste(args["prob"], args["size"], args["most"], args["crop"])
     with pytest.raises(ConfigError, match="paste_max"):
         check_paste(0.5, (8, 16), 0, 64)
+    for prob, size, most in (
+        ("high", (8, 16), 1),
+        (0.5, 5, 1),
+        (0.5, (8.5, 16), 1),
+        (0.5, (8, 16), 1.5),
+    ):
+        with pytest.raises(ConfigError, match="paste"):
+            check_paste(prob, size, most, 64)
     with pytest.raises(ConfigError, match="paste_prob"):
         EmbeddingTrainConfig(mask_data="x", paste_prob=float("nan"))
 
@@ -424,8 +432,10 @@ def test_refine_checkpoint_folder_is_not_resumed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an embedding checkpoint"):
         train_embedding(cfg)
     # also with --init: the init is not read, the folder is refused the same way
-    torch.save({"kind": "refine", "model": {}, "step": 1, "config": {"model": {"x": 1}}},
-               Path(cfg.out) / "last.pt")
+    torch.save(
+        {"kind": "refine", "model": {}, "step": 1, "config": {"model": {"x": 1}}},
+        Path(cfg.out) / "last.pt",
+    )
     with pytest.raises(ConfigError, match="not an embedding checkpoint"):
         train_embedding(replace(cfg, init="embedding_lite0"))
 

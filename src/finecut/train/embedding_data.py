@@ -425,14 +425,24 @@ class EmbeddingDataset(Dataset):
 def check_paste(prob: float, size: tuple[int, int], most: int, crop: int) -> None:
     """Refuse copy-paste settings that cannot work (:class:`EmbeddingDataset`); the sizes are
     checked only when pasting is on."""
-    if not 0.0 <= prob <= 1.0:  # also refuses NaN
-        raise ConfigError(f"paste_prob must be in [0, 1], got {prob}")
-    if prob > 0 and (len(size) != 2 or not 4 <= size[0] <= size[1] <= crop):
+
+    def number(x, kinds) -> bool:
+        return isinstance(x, kinds) and not isinstance(x, bool)
+
+    if not number(prob, (int, float)) or not 0.0 <= prob <= 1.0:  # also refuses NaN
+        raise ConfigError(f"paste_prob must be a number in [0, 1], got {prob!r}")
+    if prob > 0 and (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(number(v, int) for v in size)
+        or not 4 <= size[0] <= size[1] <= crop
+    ):
         raise ConfigError(
-            f"paste_size must be (lo, hi) with 4 <= lo <= hi <= crop ({crop}), got {size}"
+            f"paste_size must be (lo, hi) whole px with 4 <= lo <= hi <= crop ({crop}), "
+            f"got {size!r}"
         )
-    if most < 1:
-        raise ConfigError(f"paste_max must be >= 1, got {most}")
+    if not number(most, int) or most < 1:
+        raise ConfigError(f"paste_max must be a whole number >= 1, got {most!r}")
 
 
 def paste_object(
