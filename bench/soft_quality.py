@@ -124,6 +124,8 @@ def _parse() -> argparse.Namespace:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         _fail(f"unknown kind {unknown[0]!r} (choose from {', '.join(KINDS)}; --weights adds 'new')")
+    if args.embed_scale is not None and not 0 < args.embed_scale <= 8:  # also refuses NaN
+        _fail(f"--embed-scale must be in (0, 8], got {args.embed_scale}")
     args.kind_list = kinds + (["new"] if args.weights is not None else [])
     if not args.kind_list:
         _fail("no kinds to run")
