@@ -143,3 +143,44 @@ def test_masks_source_uses_the_shared_reader_ecssd_held_out_and_exclude(tmp_path
     (tmp_path / "hold.txt").write_text("0800\n")
     ds = MixedRefineDataset([RefineSource("masks", str(root), exclude=str(tmp_path / "hold.txt"))])
     assert stems(ds) == ["0799"]
+
+
+def test_mix_options_of_the_wrong_type_or_range_are_one_config_error(tmp_path: Path) -> None:
+    """epoch_size and max_scale, from a --mix YAML or Python, are refused by name (the twin of
+    check_paste), not a TypeError deep in the data loader."""
+    from finecut.errors import ConfigError
+    from finecut.train.refine import RefineTrainConfig
+    from finecut.train.refine_data import MixedRefineDataset, RefineSource, check_mix_options
+
+    check_mix_options(4000, 6.0)
+    check_mix_options(1, 1.5)
+    for epoch_size, max_scale, name in (
+        (1.5, 6.0, "epoch_size"),
+        (0, 6.0, "epoch_size"),
+        ("4000", 6.0, "epoch_size"),
+        (True, 6.0, "epoch_size"),
+        (4000, "big", "max_scale"),
+        (4000, 1.0, "max_scale"),
+        (4000, float("nan"), "max_scale"),
+        (4000, 100, "max_scale"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            check_mix_options(epoch_size, max_scale)
+        with pytest.raises(ConfigError, match=name):
+            RefineTrainConfig(epoch_size=epoch_size, max_scale=max_scale)
+    source = RefineSource(kind="masks", path=str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="max_scale"):  # checked before the sources are read
+        MixedRefineDataset([source], max_scale=0.5)
+
+
+def test_cli_mix_option_of_the_wrong_type_is_one_line(tmp_path: Path, capsys) -> None:
+    from finecut.cli import main
+
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"sources:\n  - {{kind: masks, path: {tmp_path}}}\nmax_scale: big\n")
+    code = main(["train", "refine", "--mix", str(mix), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "max_scale must be a number" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

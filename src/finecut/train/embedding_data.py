@@ -59,6 +59,7 @@ __all__ = [
     "check_paste",
     "excluded_stems",
     "instance_map",
+    "is_number",
     "label_map_items",
     "mask_items",
     "mixed_items",
@@ -422,26 +423,28 @@ class EmbeddingDataset(Dataset):
         return img_t.float() / 255.0, torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
 
 
+def is_number(value, kinds: type | tuple[type, ...] = (int, float)) -> bool:
+    """Whether a setting read from YAML or given in Python is a number of ``kinds`` (not a bool,
+    which Python counts as an int, nor a string)."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def check_paste(prob: float, size: tuple[int, int], most: int, crop: int) -> None:
     """Refuse copy-paste settings that cannot work (:class:`EmbeddingDataset`); the sizes are
     checked only when pasting is on."""
-
-    def number(x, kinds) -> bool:
-        return isinstance(x, kinds) and not isinstance(x, bool)
-
-    if not number(prob, (int, float)) or not 0.0 <= prob <= 1.0:  # also refuses NaN
+    if not is_number(prob, (int, float)) or not 0.0 <= prob <= 1.0:  # also refuses NaN
         raise ConfigError(f"paste_prob must be a number in [0, 1], got {prob!r}")
     if prob > 0 and (
         not isinstance(size, (tuple, list))
         or len(size) != 2
-        or not all(number(v, int) for v in size)
+        or not all(is_number(v, int) for v in size)
         or not 4 <= size[0] <= size[1] <= crop
     ):
         raise ConfigError(
             f"paste_size must be (lo, hi) whole px with 4 <= lo <= hi <= crop ({crop}), "
             f"got {size!r}"
         )
-    if not number(most, int) or most < 1:
+    if not is_number(most, int) or most < 1:
         raise ConfigError(f"paste_max must be a whole number >= 1, got {most!r}")
 
 

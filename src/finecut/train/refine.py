@@ -31,7 +31,12 @@ from finecut.train.common import (
     save_checkpoint,
     start_training_process,
 )
-from finecut.train.refine_data import MaskPairDataset, MixedRefineDataset, RefineSource
+from finecut.train.refine_data import (
+    MaskPairDataset,
+    MixedRefineDataset,
+    RefineSource,
+    check_mix_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,9 @@ class RefineTrainConfig:
     sources: tuple[RefineSource, ...] = ()
     epoch_size: int = 4000
     max_scale: float = 6.0
+
+    def __post_init__(self) -> None:
+        check_mix_options(self.epoch_size, self.max_scale)
 
 
 def _make_loader(

@@ -16,9 +16,9 @@ from finecut.data.folders import parse_stems
 from finecut.data.io import read_image, read_mask
 from finecut.errors import ConfigError
 from finecut.refine.perturb import PerturbConfig, perturb_mask
-from finecut.train.embedding_data import mask_items
+from finecut.train.embedding_data import is_number, mask_items
 
-__all__ = ["MaskPairDataset", "MixedRefineDataset", "RefineSource"]
+__all__ = ["MaskPairDataset", "MixedRefineDataset", "RefineSource", "check_mix_options"]
 
 
 class MaskPairDataset(Dataset):
@@ -182,6 +182,17 @@ def _scaled_region(
     return img, np.clip(g, 0.0, 1.0)
 
 
+def check_mix_options(epoch_size: int, max_scale: float) -> None:
+    """Refuse a mix's ``epoch_size`` or ``max_scale`` that cannot work (:class:`MixedRefineDataset`;
+    the twin of :func:`finecut.train.embedding_data.check_paste`): the upscale factors are drawn
+    log-uniform in [1.5, ``max_scale``], and past 64 a 400 px source would be resized to 25,600 px
+    and more, which only runs out of memory."""
+    if not is_number(epoch_size, int) or epoch_size < 1:
+        raise ConfigError(f"epoch_size must be a whole number >= 1, got {epoch_size!r}")
+    if not is_number(max_scale) or not 1.5 <= max_scale <= 64:  # also refuses NaN
+        raise ConfigError(f"max_scale must be a number in [1.5, 64], got {max_scale!r}")
+
+
 class MixedRefineDataset(Dataset):
     """Training crops from several sources, at scales from half to ``max_scale`` times the
     source's size, with coarse masks of every family of :mod:`finecut.train.coarse`.
@@ -217,6 +228,7 @@ class MixedRefineDataset(Dataset):
     ) -> None:
         if not sources:
             raise ConfigError("no training sources given")
+        check_mix_options(epoch_size, max_scale)
         self.crop, self.epoch_size, self.max_scale = crop, epoch_size, max_scale
         self.p_upscale, self.p_boundary, self.margin = p_upscale, p_boundary, margin
         self.p_blur, self.p_jpeg = p_blur, p_jpeg
