@@ -42,18 +42,6 @@ def colour(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def frame_miou(pred: np.ndarray, truth: np.ndarray, n: int) -> float:
-    """Mean IoU over the classes present in the prediction or the ground truth (void ignored)."""
-    valid = truth < n
-    ious = []
-    for c in range(n):
-        p, t = (pred == c) & valid, (truth == c) & valid
-        union = (p | t).sum()
-        if union:
-            ious.append((p & t).sum() / union)
-    return float(np.mean(ious)) if ious else float("nan")
-
-
 def _label(panel: np.ndarray, text: str) -> None:
     for colour_, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
         cv2.putText(panel, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, colour_, width)
@@ -69,43 +57,47 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="the picture (.jpg or .png)")
     args = p.parse_args()
-    folder = args.data / "test"
-    if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
-        _fail(f"{folder} has no images/ and labels/ (CamVid)")
-
     import torch
 
-    from finecut.data.io import read_image, write_image
+    from finecut.data.io import write_image
+    from finecut.errors import FinecutError
+    from finecut.metrics import semantic
     from finecut.models.segmenter import CAMVID_CLASSES
     from finecut.segment.predict import load_segmenter, segment_image
+    from finecut.train.segment_data import CAMVID_VOID, load_pair, segment_items
     from finecut.viz import side_by_side
 
+    try:
+        items = segment_items(args.data, "test")  # checked: the folders, the pairs
+    except FinecutError as exc:
+        _fail(str(exc))
+    if args.frames is None:
+        items = items[::80]
+    else:
+        by_stem = {item.stem: item for item in items}
+        wanted = [s.strip() for s in args.frames.split(",") if s.strip()]
+        missing = [s for s in wanted if s not in by_stem]
+        if missing:
+            _fail(f"no test frame {missing[0]!r} in {args.data / 'test'}")
+        items = [by_stem[s] for s in wanted]
     torch.set_num_threads(1)
     model = load_segmenter(None, device="cpu")
+    n = len(CAMVID_CLASSES)
     rows = []
-    if args.frames is None:
-        stems = sorted(path.stem for path in (folder / "images").glob("*.jpg"))[::80]
-    else:
-        stems = [s.strip() for s in args.frames.split(",") if s.strip()]
-    for stem in stems:
-        image_path = folder / "images" / f"{stem}.jpg"
-        label_path = folder / "labels" / f"{stem}.png"
-        if not image_path.is_file() or not label_path.is_file():
-            _fail(f"no test frame {stem!r} in {folder}")
-        image = read_image(image_path)
-        truth = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    for item in items:
+        try:
+            image, truth = load_pair(item, n)
+        except FinecutError as exc:
+            _fail(str(exc))
         pred = segment_image(model, image)
-        score = frame_miou(pred, truth, len(CAMVID_CLASSES))
-        panels = [
-            image.copy(),
-            colour(pred),
-            colour(truth),
-        ]
-        _label(panels[0], stem)
+        # the frame's mIoU over the classes in its prediction or ground truth, void ignored
+        score, _ = semantic.miou(semantic.confusion_matrix(pred, truth, n, CAMVID_VOID))
+        panels = [image.copy(), colour(pred), colour(truth)]
+        _label(panels[0], item.stem)
         _label(panels[1], f"finecut segment (frame mIoU {100 * score:.1f}%)")
         _label(panels[2], "ground truth (void black)")
         rows.append(side_by_side(panels, height=270, gap=4))
-        print(f"{stem}: frame mIoU {score:.4f}", flush=True)
+        print(f"{item.stem}: frame mIoU {score:.4f}", flush=True)
     width = max(r.shape[1] for r in rows)
     legend = np.full((34, width, 3), 255, np.uint8)
     x = 6
