@@ -928,6 +928,10 @@ def _add_train(sub) -> None:
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--threshold", type=float, default=0.5, help="keep a region at p >= this")
     k.add_argument("--l2", type=float, default=1e-2)
+    k.add_argument(
+        "--tile", type=float, default=0.0,
+        help="cut changed regions into cells of this share of the long side (0: whole regions)",
+    )  # fmt: skip
     k.add_argument("--weights", default=None, help="refiner weights (default: embedded)")
     k.add_argument("--cache", type=Path, default=None, help="folder caching CRM probabilities")
     k.add_argument("--out", type=Path, default=Path("runs/keep/refine_keep"))
@@ -1051,9 +1055,11 @@ def _cmd_train_keep(args) -> int:
         raise ConfigError(f"--images must be at least 1, not {args.images}")
     if not args.l2 >= 0:  # also NaN
         raise ConfigError(f"--l2 must be a number >= 0, not {args.l2}")
+    if not 0 <= args.tile < 1:  # also NaN
+        raise ConfigError(f"--tile must be in [0, 1), not {args.tile}")
     if args.exclude is not None and not args.exclude.is_file():
         raise ConfigError(f"--exclude {str(args.exclude)!r} is not a file")
-    cfg = KeepTrainConfig(images=args.images, seed=args.seed, l2=args.l2)
+    cfg = KeepTrainConfig(images=args.images, seed=args.seed, l2=args.l2, tile=args.tile)
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
     command = "finecut " + " ".join(args.argv)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -158,3 +160,52 @@ def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None
     assert np.array_equal(keep_all.refine(photo, coarse) > 127, moved)
     with pytest.raises(WeightsError, match="not found"):
         Refiner("cpu", weights=tiny_crm_weights, keep_model=tmp_path / "none.safetensors")
+
+
+def test_a_tiled_model_judges_each_piece_of_a_long_strip(tmp_path) -> None:
+    from finecut.refine.keep import tile_pixels
+
+    assert tile_pixels(0.0, (480, 854)) == 0
+    assert tile_pixels(0.0625, (480, 854)) == 53 and tile_pixels(0.0625, (960, 1708)) == 107
+    assert tile_pixels(0.001, (100, 100)) == 8  # never below 8 px
+    # the square shifted down 3 rows: a strip added below and one removed above, 30 px wide.
+    # Whole regions: 2; cut into cells of 10 px (0.125 x 80): 3 pieces each
+    coarse = _square()
+    prob = _square(shift_rows=3).astype(np.float32)
+    _, labels, f = region_features(_photo(), coarse, prob, prob, tile=0.125)
+    assert len(f) == 6 and labels.max() == 6
+    # a strip added below the square, 30 px wide, whose left 10 px have the object's colour
+    # (right) and the rest the background's (wrong). Judged by colour evidence alone, the whole
+    # strip is one region of mostly background colour and is undone; cut into 10-px cells, the
+    # left piece is kept and the two others undone
+    photo = _photo()
+    photo[50:53, 20:30] = (200, 120, 60)
+    strip = np.zeros_like(coarse)
+    strip[50:53, 20:50] = True
+    prob = (coarse | strip).astype(np.float32)
+    w = np.zeros(len(FEATURES))
+    w[FEATURES.index("colour_evidence")] = 40.0
+    whole = KeepModel(np.zeros(len(FEATURES)), np.ones(len(FEATURES)), w, 0.0, 0.5)
+    assert np.array_equal(apply_keep(photo, coarse, prob, prob, whole) > 0.5, coarse)
+    m = replace(whole, tile=0.125)
+    right = coarse.copy()
+    right[50:53, 20:30] = True
+    assert np.array_equal(apply_keep(photo, coarse, prob, prob, m) > 0.5, right)
+    # the tile goes with the model file
+    path = tmp_path / "tiled.safetensors"
+    m.save(path)
+    assert load_keep_model(path).tile == 0.125
+    # a file without a tile (the third session's) reads as whole regions
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata()
+    arrays = load_file(str(path))
+    del arrays["tile"]
+    save_file(arrays, str(tmp_path / "old.safetensors"), meta)
+    assert load_keep_model(tmp_path / "old.safetensors").tile == 0.0
+    arrays["tile"] = np.array([1.5])
+    save_file(arrays, str(tmp_path / "bad_tile.safetensors"), meta)
+    with pytest.raises(WeightsError, match="tile"):
+        load_keep_model(tmp_path / "bad_tile.safetensors")

@@ -68,3 +68,56 @@ def test_no_change_returns_the_probability() -> None:
     prob = coarse.astype(np.float32) * 0.8
     assert revert_unsupported(_photo(), coarse, prob, 0.0) is not None
     assert np.array_equal(revert_unsupported(_photo(), coarse, prob, 0.0), prob)
+
+
+def _split_reference(labels: np.ndarray, origin: tuple[int, int], tile: int) -> np.ndarray:
+    # the plain definition: two pixels share a piece when they share a region and a grid cell
+    h, w = labels.shape
+    key = {}
+    out = np.zeros_like(labels)
+    for y in range(h):
+        for x in range(w):
+            if labels[y, x]:
+                k = (labels[y, x], (y + origin[0]) // tile, (x + origin[1]) // tile)
+                out[y, x] = key.setdefault(k, len(key) + 1)
+    return out
+
+
+def test_split_by_tiles_matches_a_plain_loop() -> None:
+    import cv2
+
+    from finecut.refine.support import split_by_tiles
+
+    rng = np.random.default_rng(0)
+    for origin, tile in [((0, 0), 7), ((13, 5), 10), ((3, 29), 4), ((0, 0), 100)]:
+        blobs = cv2.GaussianBlur(rng.random((37, 53)).astype(np.float32), (0, 0), 2) > 0.5
+        _, labels = cv2.connectedComponents(blobs.view(np.uint8), connectivity=8)
+        n, out = split_by_tiles(labels, origin, tile)
+        ref = _split_reference(labels, origin, tile)
+        assert n == ref.max() + 1 and out.max() == n - 1
+        assert np.array_equal(out > 0, labels > 0)
+        # the same partition (numbering may differ): a one-to-one map between the two labels
+        pairs = set(zip(out[labels > 0].tolist(), ref[labels > 0].tolist(), strict=True))
+        assert len(pairs) == n - 1 == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+    # no tile: the map as it is
+    n, same = split_by_tiles(labels, (0, 0), 0)
+    assert n == labels.max() + 1 and same is labels
+
+
+def test_changed_regions_cut_along_a_grid_of_the_whole_image() -> None:
+    from finecut.refine.support import changed_regions
+
+    coarse = np.zeros((60, 80), bool)
+    new = coarse.copy()
+    new[30:33, 5:75] = True  # one strip, 70 px long
+    box, n, labels = changed_regions(coarse, new, reach=2)
+    assert n == 2
+    box, n, labels = changed_regions(coarse, new, reach=2, tile=20)
+    # cells of columns 0-19, 20-39, 40-59, 60-79: four pieces, cut at the image's columns 20,
+    # 40 and 60 whatever the box
+    assert n == 5
+    cols = np.arange(box[1].start, box[1].stop)
+    row = labels[30 - box[0].start]
+    for cut in (20, 40, 60):
+        i = int(np.flatnonzero(cols == cut)[0])
+        assert row[i - 1] != row[i] and row[i - 1] > 0 and row[i] > 0

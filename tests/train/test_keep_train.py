@@ -85,6 +85,18 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
     )  # fmt: skip
     again = load_keep_model(str(out) + "2.safetensors")
     assert np.array_equal(again.weight, model.weight)
+    # --tile cuts the regions into cells: more (smaller) regions, and the model keeps its tile
+    main(
+        [
+            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
+            "--seed", "3", "--threads", "1", "--out", str(out) + "3",
+            "--cache", str(tmp_path / "c"), "--tile", "0.05",
+        ]
+    )  # fmt: skip
+    tiled = json.loads((tmp_path / "keep" / "model3.json").read_text())
+    assert tiled["train_config"]["tile"] == 0.05
+    assert tiled["fit"]["regions"] > manifest["fit"]["regions"]
+    assert load_keep_model(str(out) + "3.safetensors").tile == 0.05
 
 
 @pytest.mark.parametrize(
@@ -95,6 +107,9 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
         (["--exclude", "/nonexistent/list.txt"], "--exclude"),
         (["--l2", "-1"], "--l2"),
         (["--l2", "nan"], "--l2"),
+        (["--tile", "1.5"], "--tile"),
+        (["--tile", "-0.1"], "--tile"),
+        (["--tile", "nan"], "--tile"),
     ],
 )
 def test_cli_train_keep_refuses_bad_arguments(tmp_path, capsys, extra, message) -> None:

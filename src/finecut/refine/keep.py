@@ -64,10 +64,24 @@ FEATURES = (
 )
 
 
+def tile_pixels(tile: float, shape: tuple[int, ...]) -> int:
+    """The side in px of the cells that cut changed regions: ``tile`` times the image's long
+    side (at least 8 px), so an image and its upsampled copy are cut alike; 0 = no cut."""
+    return max(8, round(tile * max(shape[:2]))) if tile > 0 else 0
+
+
 def region_features(
-    rgb: np.ndarray, coarse: np.ndarray, prob: np.ndarray, crm: np.ndarray, reach: int = 2
+    rgb: np.ndarray,
+    coarse: np.ndarray,
+    prob: np.ndarray,
+    crm: np.ndarray,
+    reach: int = 2,
+    tile: float = 0.0,
 ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
     """The changed regions of ``prob`` against ``coarse`` and one row of features per region.
+
+    ``tile`` > 0 cuts each connected region into pieces along a grid of cells of ``tile`` times
+    the image's long side (:func:`tile_pixels`), and each piece is a region.
 
     ``prob`` is the finished probability (gate and snapping applied), ``crm`` the CRM's own.
     Returns ``(box, labels, features)``: ``labels`` is the (h, w) region map of the image crop
@@ -78,7 +92,7 @@ def region_features(
         rgb: (H, W, 3) uint8; coarse: (H, W) bool; prob, crm: (H, W) float.
     """
     new = prob > 0.5
-    box, n, labels = changed_regions(coarse, new, reach)
+    box, n, labels = changed_regions(coarse, new, reach, tile_pixels(tile, coarse.shape))
     if n == 1:
         return box, labels, np.zeros((0, len(FEATURES)))
     h, w = coarse.shape
@@ -165,13 +179,16 @@ def region_features(
 class KeepModel:
     """Logistic regression on standardised :data:`FEATURES`: p = sigmoid(w . (x - mean) / std + b).
 
-    ``threshold``: a region is kept when p >= threshold (chosen on training-side images)."""
+    ``threshold``: a region is kept when p >= threshold (chosen on training-side images).
+    ``tile``: the regions are cut into cells of ``tile`` times the image's long side before they
+    are judged (0: whole connected regions), as when the model was trained."""
 
     mean: np.ndarray
     std: np.ndarray
     weight: np.ndarray
     bias: float
     threshold: float = 0.5
+    tile: float = 0.0
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         z = (features - self.mean) / self.std @ self.weight + self.bias
@@ -187,6 +204,7 @@ class KeepModel:
             "weight": self.weight,
             "bias": np.array([self.bias]),
             "threshold": np.array([self.threshold]),
+            "tile": np.array([self.tile]),
         }
         meta = {"features": ",".join(FEATURES), **(metadata or {})}
         save_file(
@@ -224,13 +242,17 @@ def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> Kee
     try:
         vectors = [arrays[k] for k in ("mean", "std", "weight")]
         bias, threshold = float(arrays["bias"][0]), float(arrays["threshold"][0])
+        # files of the third session have no tile: whole regions
+        tile = float(arrays["tile"][0]) if "tile" in arrays else 0.0
     except (KeyError, IndexError):
         raise WeightsError(
             f"keep model {str(path)!r} lacks mean, std, weight, bias or threshold"
         ) from None
     if any(v.shape != (len(FEATURES),) for v in vectors):
         raise WeightsError(f"keep model {str(path)!r}: one value per feature is needed")
-    return KeepModel(*vectors, bias=bias, threshold=threshold)
+    if not 0.0 <= tile < 1.0:
+        raise WeightsError(f"keep model {str(path)!r}: tile {tile} is not in [0, 1)")
+    return KeepModel(*vectors, bias=bias, threshold=threshold, tile=tile)
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,7 +269,7 @@ def keep_probabilities(
 ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
     """``(box, labels, p)``: the changed regions (as :func:`region_features`) and the model's
     probability that each change is right (``p[k - 1]`` for region ``k``)."""
-    box, labels, feats = region_features(rgb, coarse, prob, crm)
+    box, labels, feats = region_features(rgb, coarse, prob, crm, tile=model.tile)
     return box, labels, model.probability(feats) if len(feats) else np.zeros(0)
 
 

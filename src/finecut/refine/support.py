@@ -24,6 +24,7 @@ __all__ = [
     "edge_strength",
     "revert_unsupported",
     "set_to_input",
+    "split_by_tiles",
 ]
 
 
@@ -48,14 +49,15 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def changed_regions(
-    coarse: np.ndarray, new: np.ndarray, reach: int = 2
+    coarse: np.ndarray, new: np.ndarray, reach: int = 2, tile: int = 0
 ) -> tuple[tuple[slice, slice], int, np.ndarray]:
     """The connected regions (8-neighbours) where ``new`` differs from ``coarse``.
 
     Returns ``(box, n, labels)``: the changed pixels' bounding box, widened so every boundary
     pixel within ``reach`` of a region and every 3x3 Sobel window around it see the image as in
     the whole frame; the number of labels (0 = unchanged); the (h, w) label map of the box.
-    Nothing changed: an empty box, n = 1 and an empty map.
+    Nothing changed: an empty box, n = 1 and an empty map. ``tile`` > 0 cuts every region along
+    a grid of ``tile``-px cells (:func:`split_by_tiles`).
     """
     changed = new != coarse
     if not changed.any():
@@ -68,7 +70,37 @@ def changed_regions(
         max(0, cols[0] - pad) : min(w, cols[-1] + pad + 1),
     ]
     n, labels = cv2.connectedComponents(changed[box].view(np.uint8), connectivity=8)
+    if tile > 0:
+        n, labels = split_by_tiles(labels, (box[0].start, box[1].start), tile)
     return box, n, labels
+
+
+def split_by_tiles(
+    labels: np.ndarray, origin: tuple[int, int], tile: int
+) -> tuple[int, np.ndarray]:
+    """Cut every region of ``labels`` along a grid of ``tile``-px square cells.
+
+    A long sliver along a low-resolution mask's boundary is right in some places and wrong in
+    others; cut into pieces, each piece can be judged (and undone) on its own. The grid is
+    aligned to the whole image (``origin`` is the label map's top-left pixel in it), so the cut
+    does not depend on the box. Returns ``(n, labels)`` as :func:`changed_regions`: 0 stays
+    unchanged and the pieces are numbered 1..n-1 in the order of (region, cell).
+    """
+    h, w = labels.shape
+    if tile <= 0 or h == 0 or w == 0:
+        return int(labels.max(initial=0)) + 1, labels
+    rows = (np.arange(h) + origin[0]) // tile
+    cols = (np.arange(w) + origin[1]) // tile
+    rows, cols = rows - rows[0], cols - cols[0]
+    n_cols = int(cols[-1]) + 1
+    n_cells = (int(rows[-1]) + 1) * n_cols
+    idx = np.flatnonzero(labels)
+    r, c = np.divmod(idx, w)
+    key = (labels.ravel()[idx].astype(np.int64) - 1) * n_cells + rows[r] * n_cols + cols[c]
+    uniq, inverse = np.unique(key, return_inverse=True)
+    out = np.zeros(h * w, np.int32)
+    out[idx] = inverse.astype(np.int32) + 1
+    return len(uniq) + 1, out.reshape(h, w)
 
 
 def boundary_support(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -51,6 +51,8 @@ class KeepTrainConfig:
         scales / scale_p: the scale drawn per image and its probabilities.
         conditions: photo conditions, one drawn per image.
         l2: weight of the L2 penalty of the fit (on standardised features).
+        tile: cut the changed regions into cells of this share of the image's long side
+            (:func:`finecut.refine.keep.tile_pixels`; 0: whole connected regions).
     """
 
     images: int = 120
@@ -60,6 +62,7 @@ class KeepTrainConfig:
     conditions: tuple[str, ...] = ("clean", "video")
     seed: int = 0
     l2: float = 1e-2
+    tile: float = 0.0
 
 
 def gather_regions(
@@ -99,7 +102,7 @@ def gather_regions(
                 cache / f"{case}_finish.npy" if cache else None,
                 gate_and_snap, image, coarse, crm, refiner.config,
             )  # fmt: skip
-            box, labels, feats = region_features(image, coarse, prob, crm)
+            box, labels, feats = region_features(image, coarse, prob, crm, tile=cfg.tile)
             if len(feats):
                 new = prob[box] > 0.5
                 idx = labels.ravel()
@@ -208,7 +211,7 @@ def train_keep(
     d = gather_regions(pairs, refiner, cfg, cache)
     if len(d["y"]) == 0:
         raise ValueError("the refiner changed nothing on the training cases: nothing to fit")
-    model = fit_keep(d["x"], d["y"], d["w"], cfg.l2, threshold)
+    model = replace(fit_keep(d["x"], d["y"], d["w"], cfg.l2, threshold), tile=cfg.tile)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".safetensors")
