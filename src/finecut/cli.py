@@ -1047,7 +1047,7 @@ def _cmd_train_embedding(args) -> int:
 def _cmd_train_keep(args) -> int:
     from finecut.errors import ConfigError
     from finecut.refine.api import Refiner
-    from finecut.train.keep import KeepTrainConfig, train_keep
+    from finecut.train.keep import KeepTrainConfig, keep_output, train_keep
 
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), not {args.threshold}")
@@ -1073,7 +1073,7 @@ def _cmd_train_keep(args) -> int:
     log.info(
         "%d regions of %d cases: weighted accuracy %.3f (right share %.3f); wrote %s",
         fit["regions"], info["cases"], fit["weighted_accuracy"], fit["weighted_right_share"],
-        args.out.with_suffix(".safetensors"),
+        keep_output(args.out, ".safetensors"),
     )
     return 0
 

@@ -89,14 +89,15 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
     main(
         [
             "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
-            "--seed", "3", "--threads", "1", "--out", str(out) + "3",
+            "--seed", "3", "--threads", "1", "--out", str(out) + "_t0.05",
             "--cache", str(tmp_path / "c"), "--tile", "0.05",
         ]
     )  # fmt: skip
-    tiled = json.loads((tmp_path / "keep" / "model3.json").read_text())
+    # a dot in the name is kept: model_t0.05.json, not model_t0.json
+    tiled = json.loads((tmp_path / "keep" / "model_t0.05.json").read_text())
     assert tiled["train_config"]["tile"] == 0.05
     assert tiled["fit"]["regions"] > manifest["fit"]["regions"]
-    assert load_keep_model(str(out) + "3.safetensors").tile == 0.05
+    assert load_keep_model(str(out) + "_t0.05.safetensors").tile == 0.05
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from finecut.refine.keep import FEATURES, KeepModel, region_features
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KeepTrainConfig", "degrade_photo", "fit_keep", "gather_regions"]
+__all__ = ["KeepTrainConfig", "degrade_photo", "fit_keep", "gather_regions", "keep_output"]
 
 
 def degrade_photo(image: np.ndarray, condition: str) -> np.ndarray:
@@ -190,6 +190,15 @@ def region_accuracy(model: KeepModel, d: dict[str, np.ndarray]) -> dict[str, flo
     }
 
 
+def keep_output(out: Path, suffix: str) -> Path:
+    """``out`` with ``suffix``: ``model`` or ``model.json`` -> ``model.safetensors``, but
+    ``keep_v0.9`` -> ``keep_v0.9.safetensors`` (a dot in the name is not a suffix to replace)."""
+    out = Path(out)
+    if out.suffix in (".safetensors", ".json"):
+        return out.with_suffix(suffix)
+    return out.with_name(out.name + suffix)
+
+
 def train_keep(
     data: Path,
     out: Path,
@@ -214,7 +223,7 @@ def train_keep(
     model = replace(fit_keep(d["x"], d["y"], d["w"], cfg.l2, threshold), tile=cfg.tile)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = out.with_suffix(".safetensors")
+    path = keep_output(out, ".safetensors")
     model.save(path)
     info = {
         "model": "refine_keep",
@@ -230,5 +239,5 @@ def train_keep(
         "file": path.name,
         "sha256": sha256_file(path),
     }
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    keep_output(out, ".json").write_text(json.dumps(info, indent=2) + "\n")
     return model, info
