@@ -2,6 +2,9 @@
 
     # DAVIS (never trained on, never used to pick settings), native, 2x and 4x, every family:
     .venv/bin/python bench/refine_quality.py --data ../shared/data/davis --scales 1,2,4
+    # in shards over disjoint frames (one per core), then one table:
+    .venv/bin/python bench/refine_quality.py --stems @even.txt --save even.json ...
+    .venv/bin/python bench/refine_quality.py --merge even.json,odd.json
     # a subset (every 5th frame) and two families:
     .venv/bin/python bench/refine_quality.py --every 5 --families lowres,sam
     # the do-no-harm gate's settings are chosen on training-side images (DUTS-TR hold-out):
@@ -47,7 +50,23 @@ def main() -> None:
         help="folder caching the CRM probabilities (a subfolder per weights file and seed is "
         "made): later runs with other finecut finishing rows skip the CRM",
     )
+    p.add_argument("--save", default=None, help="also write the per-image numbers as JSON")
+    p.add_argument(
+        "--merge",
+        default=None,
+        help="print the table of saved runs over disjoint images (a,b,...) and exit",
+    )
     args = p.parse_args()
+    if args.merge:
+        import json
+
+        from finecut.refine.evaluate import format_family_table, merge_family_results
+
+        parts = [json.loads(open(f).read()) for f in args.merge.split(",")]
+        print(f"merged {args.merge}")
+        print()
+        print(format_family_table(merge_family_results(parts)))
+        return
     if not os.path.isdir(args.data):
         raise SystemExit(f"no data at {args.data}")
 
@@ -86,6 +105,13 @@ def main() -> None:
     )
     print()
     print(format_family_table(results))
+    if args.save:
+        import json
+
+        from finecut.refine.evaluate import family_results_to_json
+
+        with open(args.save, "w") as fh:
+            json.dump(family_results_to_json(results), fh)
 
 
 def _cache_dir(args):

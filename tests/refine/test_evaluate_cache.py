@@ -51,3 +51,31 @@ def test_cached_crm_gives_the_same_table(tmp_path, tiny_crm_weights, monkeypatch
     assert _table(_run(data, tiny_crm_weights, cache)) == first
     with pytest.raises(AssertionError, match="CRM ran"):
         _run(data, tiny_crm_weights, tmp_path / "other")
+
+
+def test_shards_merge_into_the_table_of_one_run(tmp_path, tiny_crm_weights) -> None:
+    import json
+
+    from finecut.refine.evaluate import family_results_to_json, merge_family_results
+
+    data = _folder(tmp_path / "data")
+
+    def run(stems):
+        return evaluate_families(
+            data, seeded_coarse, families=("lowres", "sam"), scales=(1.0,),
+            methods=("snap", "finecut"), stems=stems, device="cpu", weights=tiny_crm_weights,
+            threads=1,
+        )  # fmt: skip
+
+    whole = _table(run(["a", "b"]))
+    parts = [json.loads(json.dumps(family_results_to_json(run([s])))) for s in ("a", "b")]
+    assert _table(merge_family_results(parts)) == whole
+    # shards of different methods or cells cannot be one table
+    other = family_results_to_json(
+        evaluate_families(
+            data, seeded_coarse, families=("lowres",), scales=(1.0,), methods=("snap",),
+            stems=["b"], threads=1,
+        )  # fmt: skip
+    )
+    with pytest.raises(ValueError, match="methods"):
+        merge_family_results([parts[0], other])

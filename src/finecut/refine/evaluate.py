@@ -7,6 +7,7 @@ every method sees the same inputs and reruns give the same table.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -37,6 +38,8 @@ __all__ = [
     "format_family_table",
     "cached_float16",
     "format_table",
+    "family_results_to_json",
+    "merge_family_results",
     "snap_alone",
     "synth_coarse",
     "upsample_case",
@@ -373,6 +376,43 @@ def cached_float16(path: Path | None, compute: Callable[..., np.ndarray], *args)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, value)
     return value.astype(np.float32)
+
+
+def family_results_to_json(results: dict[tuple[float, str], list[FamilyResult]]) -> list[dict]:
+    """The per-image numbers of :func:`evaluate_families`' results, as JSON-ready rows."""
+    return [
+        {"scale": s, "family": fam, "rows": [dataclasses.asdict(r) for r in rows]}
+        for (s, fam), rows in results.items()
+    ]
+
+
+def merge_family_results(
+    parts: Sequence[list[dict]],
+) -> dict[tuple[float, str], list[FamilyResult]]:
+    """One result from :func:`family_results_to_json` parts of disjoint image sets (shards of one
+    run): counts and seconds add up, per-image values concatenate, so the table is that of one
+    run over all the images. Every part must have the same (scale, family) cells and methods."""
+    out: dict[tuple[float, str], list[FamilyResult]] = {}
+    for part in parts:
+        for cell in part:
+            key = (float(cell["scale"]), str(cell["family"]))
+            rows = [FamilyResult(**r) for r in cell["rows"]]
+            if key not in out:
+                out[key] = rows
+                continue
+            have = out[key]
+            if [r.method for r in have] != [r.method for r in rows]:
+                raise ValueError(f"parts differ in their methods at {key}")
+            for a, b in zip(have, rows, strict=True):
+                a.intersection += b.intersection
+                a.union += b.union
+                a.mba_values += b.mba_values
+                a.iou_values += b.iou_values
+                a.seconds += b.seconds
+    cells = {frozenset((float(c["scale"]), str(c["family"])) for c in part) for part in parts}
+    if len(cells) > 1:
+        raise ValueError("parts differ in their (scale, family) cells")
+    return out
 
 
 def format_family_table(results: dict[tuple[float, str], list[FamilyResult]]) -> str:
