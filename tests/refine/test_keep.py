@@ -127,7 +127,7 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert manifest["command"].startswith("finecut train keep")
     assert "duts_holdout" in manifest["exclude"]  # the hold-out chose the threshold
     m = default_keep_model()
-    assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.9
+    assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.7
 
 
 def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None:
