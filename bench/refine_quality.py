@@ -62,10 +62,14 @@ def main() -> None:
 
         from finecut.refine.evaluate import format_family_table, merge_family_results
 
-        parts = [json.loads(open(f).read()) for f in args.merge.split(",")]
+        try:
+            parts = [json.loads(open(f).read()) for f in args.merge.split(",")]
+            merged = merge_family_results(parts)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"cannot merge {args.merge}: {exc}") from None
         print(f"merged {args.merge}")
         print()
-        print(format_family_table(merge_family_results(parts)))
+        print(format_family_table(merged))
         return
     if not os.path.isdir(args.data):
         raise SystemExit(f"no data at {args.data}")
