@@ -59,11 +59,12 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         import json
+        from pathlib import Path
 
         from finecut.refine.evaluate import format_family_table, merge_family_results
 
         try:
-            parts = [json.loads(open(f).read()) for f in args.merge.split(",")]
+            parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
             merged = merge_family_results(parts)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"cannot merge {args.merge}: {exc}") from None

@@ -185,7 +185,7 @@ def test_a_tiled_model_judges_each_piece_of_a_long_strip(tmp_path) -> None:
     prob = (coarse | strip).astype(np.float32)
     w = np.zeros(len(FEATURES))
     w[FEATURES.index("colour_evidence")] = 40.0
-    whole = KeepModel(np.zeros(len(FEATURES)), np.ones(len(FEATURES)), w, 0.0, 0.5)
+    whole = _model(0.0, w)
     assert np.array_equal(apply_keep(photo, coarse, prob, prob, whole) > 0.5, coarse)
     m = replace(whole, tile=0.125)
     right = coarse.copy()

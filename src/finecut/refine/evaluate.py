@@ -7,14 +7,13 @@ every method sees the same inputs and reruns give the same table.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -381,7 +380,7 @@ def cached_float16(path: Path | None, compute: Callable[..., np.ndarray], *args)
 def family_results_to_json(results: dict[tuple[float, str], list[FamilyResult]]) -> list[dict]:
     """The per-image numbers of :func:`evaluate_families`' results, as JSON-ready rows."""
     return [
-        {"scale": s, "family": fam, "rows": [dataclasses.asdict(r) for r in rows]}
+        {"scale": s, "family": fam, "rows": [asdict(r) for r in rows]}
         for (s, fam), rows in results.items()
     ]
 
