@@ -44,6 +44,11 @@ def main() -> None:
     p.add_argument(
         "--keep-model", default=None, help="a keep model JSON for keep_learned=1 variants"
     )
+    p.add_argument(
+        "--snap-keep-model", default=None,
+        help="the keep model judging snapping alone's changes (keep_snap_threshold variants; "
+        "default: --keep-model)",
+    )  # fmt: skip
     p.add_argument("--cache", default=str(HERE.parent / ".." / "data" / "finish_cache"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -62,7 +67,12 @@ def main() -> None:
         snap_alone,
         upsample_case,
     )
-    from finecut.refine.keep import keep_probabilities, load_keep_model, undo_regions
+    from finecut.refine.keep import (
+        keep_probabilities,
+        load_keep_model,
+        second_opinion,
+        undo_regions,
+    )
     from finecut.train.coarse import seeded_coarse
     from finecut.train.keep import degrade_photo
 
@@ -80,6 +90,7 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
     keep_model = load_keep_model(args.keep_model) if args.keep_model else None
+    snap_model = load_keep_model(args.snap_keep_model) if args.snap_keep_model else keep_model
 
     names = ["coarse", *variants]
     methods = {}  # name -> (crm | snap | finecut, its InferenceConfig); any other label is finecut
@@ -137,6 +148,24 @@ def main() -> None:
                                     t = cfg.keep_threshold
                                     t = t if t >= 0 else keep_model.threshold
                                     prob = undo_regions(prob, coarse, box, labels, pk, t)
+                                    if cfg.keep_snap_threshold >= 0:
+                                        # snapping alone's changes, judged once per case
+                                        if "snapkeep" not in finished:
+                                            path = case.with_name(case.name + "_snap.npy")
+                                            snapped = cached_float16(
+                                                path, snap_alone, image, coarse
+                                            )
+                                            finished["snapkeep"] = (
+                                                snapped,
+                                                *keep_probabilities(
+                                                    image, coarse, snapped, crm, snap_model
+                                                ),
+                                            )
+                                        snapped, sbox, slabels, sp = finished["snapkeep"]
+                                        prob = second_opinion(
+                                            prob, coarse, snapped, sbox, slabels, sp,
+                                            cfg.keep_snap_threshold,
+                                        )  # fmt: skip
                                 else:
                                     prob = keep_step(image, coarse, prob, crm, cfg)
                                 pred = prob > 0.5

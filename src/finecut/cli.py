@@ -933,6 +933,11 @@ def _add_train(sub) -> None:
         "--tile", type=float, default=0.0,
         help="cut changed regions into cells of this share of the long side (0: whole regions)",
     )  # fmt: skip
+    k.add_argument(
+        "--candidate", default="finecut",
+        help="finecut or snap: whose changes to judge: the refiner's (the keep model) or "
+        "snapping alone's (the model of the second opinion)",
+    )  # fmt: skip
     k.add_argument("--weights", default=None, help="refiner weights (default: embedded)")
     k.add_argument("--cache", type=Path, default=None, help="folder caching CRM probabilities")
     k.add_argument("--out", type=Path, default=Path("runs/keep/refine_keep"))
@@ -1048,7 +1053,7 @@ def _cmd_train_embedding(args) -> int:
 def _cmd_train_keep(args) -> int:
     from finecut.errors import ConfigError
     from finecut.refine.api import Refiner
-    from finecut.train.keep import KeepTrainConfig, keep_output, train_keep
+    from finecut.train.keep import CANDIDATES, KeepTrainConfig, keep_output, train_keep
 
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), not {args.threshold}")
@@ -1060,7 +1065,11 @@ def _cmd_train_keep(args) -> int:
         raise ConfigError(f"--tile must be in [0, 1), not {args.tile}")
     if args.exclude is not None and not args.exclude.is_file():
         raise ConfigError(f"--exclude {str(args.exclude)!r} is not a file")
-    cfg = KeepTrainConfig(images=args.images, seed=args.seed, l2=args.l2, tile=args.tile)
+    if args.candidate not in CANDIDATES:
+        raise ConfigError(f"--candidate must be {' or '.join(CANDIDATES)}, not {args.candidate!r}")
+    cfg = KeepTrainConfig(
+        images=args.images, seed=args.seed, l2=args.l2, tile=args.tile, candidate=args.candidate
+    )
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
     command = "finecut " + " ".join(args.argv)
     try:

@@ -209,3 +209,67 @@ def test_a_tiled_model_judges_each_piece_of_a_long_strip(tmp_path) -> None:
     save_file(arrays, str(tmp_path / "bad_tile.safetensors"), meta)
     with pytest.raises(WeightsError, match="tile"):
         load_keep_model(tmp_path / "bad_tile.safetensors")
+
+
+def test_second_opinion_adds_trusted_changes_where_the_kept_mask_left_the_input() -> None:
+    from finecut.refine.keep import keep_probabilities, second_opinion
+
+    coarse = _square()
+    other = _square(shift_rows=3).astype(np.float32)  # adds a strip below, removes one above
+    w = np.zeros(len(FEATURES))
+    w[FEATURES.index("added")] = 40.0
+    box, labels, p = keep_probabilities(_photo(), coarse, other, other, _model(-20.0, w))
+    assert sorted(p.round(3)) == [0.0, 1.0]
+    # the kept mask left the input as it was: only the trusted (added) strip is taken
+    kept = coarse.astype(np.float32)
+    out = second_opinion(kept, coarse, other, box, labels, p, 0.5)
+    assert np.array_equal(out > 0.5, coarse | _square(shift_rows=3))
+    assert out.dtype == np.float32 and np.array_equal(kept > 0.5, coarse)  # not written in place
+    # a threshold above every probability takes nothing; one at 0 takes both strips
+    assert np.array_equal(second_opinion(kept, coarse, other, box, labels, p, 1.1), kept)
+    assert np.array_equal(second_opinion(kept, coarse, other, box, labels, p, 0.0), other)
+    # a change the kept mask already made is never overridden: the kept mask removed the
+    # added strip's left half from the background (left as it was) and added it elsewhere
+    kept2 = kept.copy()
+    kept2[50:53, 20:35] = 0.25  # below 0.5 like the input there: still "the input's value"
+    kept2[10:12, 20:30] = 1.0  # a change of the kept mask above the square, off the strips
+    out2 = second_opinion(kept2, coarse, other, box, labels, p, 0.5)
+    assert (out2[10:12, 20:30] == 1.0).all()
+    assert (out2[50:53, 20:50] == 1.0).all()  # the strip is taken: those pixels equalled the input
+    # no regions: the kept mask as it is
+    empty = second_opinion(kept, coarse, kept, *keep_probabilities(
+        _photo(), coarse, kept, kept, _model(50.0)
+    )[:2], np.zeros(0), 0.5)  # fmt: skip
+    assert np.array_equal(empty, kept)
+
+
+def test_keep_step_takes_snapping_alone_as_a_second_opinion() -> None:
+    from finecut.refine.api import gate_and_snap, keep_step, snap_alone_probability
+    from finecut.refine.evaluate import snap_alone
+    from finecut.refine.inference import InferenceConfig
+
+    # the input 2 rows off the square; the CRM changed nothing
+    photo = _photo()
+    coarse = np.roll(_square(), 2, axis=0)
+    crm = coarse.astype(np.float32)
+    cfg = InferenceConfig()
+    snapped = snap_alone_probability(photo, coarse, cfg)
+    # snapping alone is the gate and snapping applied to the input itself, as it was defined
+    assert np.array_equal(snapped, gate_and_snap(photo, coarse, crm, cfg))
+    assert np.array_equal(snap_alone(photo, coarse), snapped > 0.5)
+    assert not np.array_equal(snapped > 0.5, coarse)  # the snapping moved the edge
+    trust_all = _model(50.0)
+    # off (the default): the keep step's own result, the input here
+    off = keep_step(photo, coarse, crm, crm, cfg, trust_all)
+    assert np.array_equal(off > 0.5, coarse)
+    # on: snapping alone's changes, all trusted, fill in where the kept mask left the input
+    # (with snapping alone's soft values on the changed pixels; elsewhere the kept mask's)
+    on = replace(cfg, keep_snap_threshold=0.5)
+    both = keep_step(photo, coarse, crm, crm, on, trust_all)
+    assert np.array_equal(both > 0.5, snapped > 0.5)
+    changed = (snapped > 0.5) != coarse
+    assert np.array_equal(both[changed], snapped[changed])
+    assert np.array_equal(both[~changed], off[~changed])
+    assert np.array_equal(keep_step(photo, coarse, crm, crm, on, trust_all, snapped), both)
+    # distrusted: nothing is taken
+    assert np.array_equal(keep_step(photo, coarse, crm, crm, on, _model(-50.0)) > 0.5, coarse)

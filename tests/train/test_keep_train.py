@@ -98,6 +98,19 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
     assert tiled["train_config"]["tile"] == 0.05
     assert tiled["fit"]["regions"] > manifest["fit"]["regions"]
     assert load_keep_model(str(out) + "_t0.05.safetensors").tile == 0.05
+    # --candidate snap judges snapping alone's changes: other regions (cached apart), recorded
+    main(
+        [
+            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
+            "--seed", "3", "--threads", "1", "--out", str(out) + "_snap",
+            "--cache", str(tmp_path / "c"), "--candidate", "snap",
+        ]
+    )  # fmt: skip
+    snap = json.loads((tmp_path / "keep" / "model_snap.json").read_text())
+    assert snap["train_config"]["candidate"] == "snap" and snap["cases"] == 12
+    assert snap["fit"]["regions"] > 0 and snap["fit"]["regions"] != manifest["fit"]["regions"]
+    assert len(list((tmp_path / "c").glob("*_snapalone.npy"))) == 12
+    assert not np.array_equal(load_keep_model(str(out) + "_snap.safetensors").weight, model.weight)
 
 
 @pytest.mark.parametrize(
@@ -111,6 +124,7 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
         (["--tile", "1.5"], "--tile"),
         (["--tile", "-0.1"], "--tile"),
         (["--tile", "nan"], "--tile"),
+        (["--candidate", "crm"], "--candidate"),
     ],
 )
 def test_cli_train_keep_refuses_bad_arguments(tmp_path, capsys, extra, message) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "finish_probability",
     "gate_and_snap",
     "keep_step",
+    "snap_alone_probability",
     "load_refiner_model",
     "refine",
     "without_keep",
@@ -324,12 +325,31 @@ def gate_and_snap(
     return prob
 
 
+def snap_alone_probability(
+    rgb: np.ndarray, coarse: np.ndarray, cfg: InferenceConfig
+) -> np.ndarray:
+    """The snapping of ``cfg`` applied to the input mask itself (no CRM, no gate, no keep step).
+
+    Shape: (H, W, 3) uint8, (H, W) bool -> (H, W) float32.
+    """
+    h, w = coarse.shape
+    band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
+    return snap_to_edges(
+        rgb, coarse.astype(np.float32), band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes
+    )
+
+
 def without_keep(cfg: InferenceConfig) -> InferenceConfig:
     """``cfg`` with no keep step (neither the learned model nor the edge check), its keep
     settings reset, so configs that differ only in the keep step compare equal: they share the
     gate and snapping (:func:`gate_and_snap`)."""
     return replace(
-        cfg, keep_edges=False, keep_edge_margin=0.0, keep_learned=False, keep_threshold=-1.0
+        cfg,
+        keep_edges=False,
+        keep_edge_margin=0.0,
+        keep_learned=False,
+        keep_threshold=-1.0,
+        keep_snap_threshold=-1.0,
     )
 
 
@@ -340,16 +360,30 @@ def keep_step(
     crm: np.ndarray,
     cfg: InferenceConfig,
     keep_model=None,
+    snapped: np.ndarray | None = None,
 ) -> np.ndarray:
     """The last part of :func:`finish_probability`: undo the changed regions not to be trusted,
     by the learned keep model (``cfg.keep_learned``; ``keep_model`` or the embedded one) or by
-    edge support (``cfg.keep_edges``)."""
+    edge support (``cfg.keep_edges``); with ``cfg.keep_snap_threshold`` >= 0 then add the trusted
+    changes of snapping alone (``snapped``: :func:`snap_alone_probability`, computed when None)
+    where the kept mask left the input as it was."""
     if cfg.keep_learned:
-        from finecut.refine.keep import apply_keep, default_keep_model
+        from finecut.refine.keep import (
+            apply_keep,
+            default_keep_model,
+            keep_probabilities,
+            second_opinion,
+        )
 
         model = keep_model if keep_model is not None else default_keep_model()
         threshold = cfg.keep_threshold if cfg.keep_threshold >= 0 else None
-        return apply_keep(rgb, coarse, prob, crm, model, threshold)
+        kept = apply_keep(rgb, coarse, prob, crm, model, threshold)
+        if cfg.keep_snap_threshold < 0:
+            return kept
+        if snapped is None:
+            snapped = snap_alone_probability(rgb, coarse, cfg)
+        box, labels, p = keep_probabilities(rgb, coarse, snapped, crm, model)
+        return second_opinion(kept, coarse, snapped, box, labels, p, cfg.keep_snap_threshold)
     if cfg.keep_edges:
         return revert_unsupported(rgb, coarse, prob, cfg.keep_edge_margin)
     return prob

@@ -234,10 +234,10 @@ def snap_alone(image: np.ndarray, coarse: np.ndarray) -> np.ndarray:
 
     Shape: (H, W, 3) uint8, (H, W) bool -> bool.
     """
-    from finecut.refine.api import gate_and_snap
+    from finecut.refine.api import snap_alone_probability
     from finecut.refine.inference import InferenceConfig
 
-    return gate_and_snap(image, coarse, coarse.astype(np.float32), InferenceConfig()) > 0.5
+    return snap_alone_probability(image, coarse, InferenceConfig()) > 0.5
 
 
 def upsample_case(

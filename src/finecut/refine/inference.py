@@ -103,6 +103,10 @@ class InferenceConfig:
             of the edge check: each changed region is kept when the model's probability that
             the change is right is at least ``keep_threshold``.
         keep_threshold: see ``keep_learned``; negative takes the model's own threshold.
+        keep_snap_threshold: a second opinion after the keep step (``keep_learned`` only): where
+            the kept mask still equals the input, the changes of snapping alone (the snapping
+            applied to the input mask itself, no CRM) are judged by the same keep model and
+            taken where its probability is at least this. Negative: off.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -129,6 +133,7 @@ class InferenceConfig:
     keep_edge_margin: float = 1.0
     keep_learned: bool = True
     keep_threshold: float = -1.0
+    keep_snap_threshold: float = -1.0
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -36,6 +36,7 @@ __all__ = [
     "FEATURES",
     "KeepModel",
     "apply_keep",
+    "second_opinion",
     "default_keep_model",
     "keep_probabilities",
     "load_keep_model",
@@ -297,3 +298,30 @@ def apply_keep(
     box, labels, p = keep_probabilities(rgb, coarse, prob, crm, model)
     t = model.threshold if threshold is None else threshold
     return undo_regions(prob, coarse, box, labels, p, t)
+
+
+def second_opinion(
+    kept: np.ndarray,
+    coarse: np.ndarray,
+    other: np.ndarray,
+    box,
+    labels: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+) -> np.ndarray:
+    """``kept`` with another finishing's trusted changes added where ``kept`` left the input.
+
+    ``box, labels, p`` are :func:`keep_probabilities` of ``other`` (e.g. snapping alone) against
+    ``coarse``; each of its regions with ``p >= threshold`` takes ``other``'s value on the pixels
+    where ``kept`` still equals the input (a change ``kept`` already made is never overridden).
+
+    Shape:
+        kept, other: (H, W) float; coarse: (H, W) bool -> (H, W) float32.
+    """
+    out = kept.astype(np.float32, copy=True)
+    if not len(p):
+        return out
+    trusted = np.concatenate([[False], p >= threshold])[labels]
+    take = trusted & ((out[box] > 0.5) == coarse[box])
+    out[box][take] = other[box][take]
+    return out

@@ -26,7 +26,14 @@ from finecut.refine.keep import FEATURES, KeepModel, region_features
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KeepTrainConfig", "degrade_photo", "fit_keep", "gather_regions", "keep_output"]
+__all__ = [
+    "CANDIDATES",
+    "KeepTrainConfig",
+    "degrade_photo",
+    "fit_keep",
+    "gather_regions",
+    "keep_output",
+]
 
 
 def degrade_photo(image: np.ndarray, condition: str) -> np.ndarray:
@@ -53,6 +60,10 @@ class KeepTrainConfig:
         l2: weight of the L2 penalty of the fit (on standardised features).
         tile: cut the changed regions into cells of this share of the image's long side
             (:func:`finecut.refine.keep.tile_pixels`; 0: whole connected regions).
+        candidate: whose changes are judged: ``finecut`` (the CRM's, after the gate and the
+            snapping: the keep step's model) or ``snap`` (snapping alone, the snapping applied
+            to the input mask: the model of the second opinion,
+            ``InferenceConfig.keep_snap_threshold``).
     """
 
     images: int = 120
@@ -63,6 +74,11 @@ class KeepTrainConfig:
     seed: int = 0
     l2: float = 1e-2
     tile: float = 0.0
+    candidate: str = "finecut"
+
+
+#: The values of :attr:`KeepTrainConfig.candidate`.
+CANDIDATES = ("finecut", "snap")
 
 
 def gather_regions(
@@ -74,10 +90,12 @@ def gather_regions(
     per case ``case_family``, ``case_scale``, ``case_condition``, ``case_stem``.
     """
     from finecut.data.io import read_image, read_mask
-    from finecut.refine.api import gate_and_snap
+    from finecut.refine.api import gate_and_snap, snap_alone_probability
     from finecut.refine.evaluate import cached_float16, upsample_case
     from finecut.train.coarse import seeded_coarse
 
+    if cfg.candidate not in CANDIDATES:
+        raise ValueError(f"unknown candidate {cfg.candidate!r}; choose {' or '.join(CANDIDATES)}")
     rng = np.random.default_rng(cfg.seed)
     xs, ys, ws, cs = [], [], [], []
     meta = {"case_family": [], "case_scale": [], "case_condition": [], "case_stem": []}
@@ -98,10 +116,16 @@ def gather_regions(
                 cache / f"{case}.npy" if cache else None,
                 refiner._crm_probability, image, coarse, refiner.config,
             )  # fmt: skip
-            prob = cached_float16(
-                cache / f"{case}_finish.npy" if cache else None,
-                gate_and_snap, image, coarse, crm, refiner.config,
-            )  # fmt: skip
+            if cfg.candidate == "snap":
+                prob = cached_float16(
+                    cache / f"{case}_snapalone.npy" if cache else None,
+                    snap_alone_probability, image, coarse, refiner.config,
+                )  # fmt: skip
+            else:
+                prob = cached_float16(
+                    cache / f"{case}_finish.npy" if cache else None,
+                    gate_and_snap, image, coarse, crm, refiner.config,
+                )  # fmt: skip
             box, labels, feats = region_features(image, coarse, prob, crm, tile=cfg.tile)
             if len(feats):
                 new = prob[box] > 0.5
