@@ -42,12 +42,13 @@ def main() -> None:
     p.add_argument("--variants", default="default")
     p.add_argument("--weights", default=None)
     p.add_argument(
-        "--keep-model", default=None, help="a keep model JSON for keep_learned=1 variants"
+        "--keep-model", default=None,
+        help="the keep model of keep_learned variants (default: the embedded refine_keep)",
     )
     p.add_argument(
         "--snap-keep-model", default=None,
         help="the keep model judging snapping alone's changes (keep_snap_threshold variants; "
-        "default: --keep-model)",
+        "default: the embedded refine_keep_snap)",
     )  # fmt: skip
     p.add_argument("--cache", default=str(HERE.parent / ".." / "data" / "finish_cache"))
     p.add_argument("--threads", type=int, default=1)
@@ -68,7 +69,10 @@ def main() -> None:
         upsample_case,
     )
     from finecut.refine.keep import (
+        default_keep_model,
+        default_snap_keep_model,
         keep_probabilities,
+        left_to_input,
         load_keep_model,
         second_opinion,
         undo_regions,
@@ -89,8 +93,10 @@ def main() -> None:
     cache = Path(args.cache) / tag
     cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
-    keep_model = load_keep_model(args.keep_model) if args.keep_model else None
-    snap_model = load_keep_model(args.snap_keep_model) if args.snap_keep_model else keep_model
+    keep_model = load_keep_model(args.keep_model) if args.keep_model else default_keep_model()
+    snap_model = (
+        load_keep_model(args.snap_keep_model) if args.snap_keep_model else default_snap_keep_model()
+    )
 
     names = ["coarse", *variants]
     methods = {}  # name -> (crm | snap | finecut, its InferenceConfig); any other label is finecut
@@ -149,21 +155,18 @@ def main() -> None:
                                     t = t if t >= 0 else keep_model.threshold
                                     prob = undo_regions(prob, coarse, box, labels, pk, t)
                                     if cfg.keep_snap_threshold >= 0:
-                                        # snapping alone's changes, judged once per case
-                                        if "snapkeep" not in finished:
-                                            path = case.with_name(case.name + "_snap.npy")
-                                            snapped = cached_float16(
-                                                path, snap_alone, image, coarse
+                                        # snapping alone's changes where the kept mask left the
+                                        # input, judged once per kept mask
+                                        path = case.with_name(case.name + "_snap.npy")
+                                        snapped = cached_float16(path, snap_alone, image, coarse)
+                                        key = ("snapkeep", plain, t)
+                                        if key not in finished:
+                                            residual = left_to_input(prob, coarse, snapped)
+                                            finished[key] = keep_probabilities(
+                                                image, coarse, residual, crm, snap_model
                                             )
-                                            finished["snapkeep"] = (
-                                                snapped,
-                                                *keep_probabilities(
-                                                    image, coarse, snapped, crm, snap_model
-                                                ),
-                                            )
-                                        snapped, sbox, slabels, sp = finished["snapkeep"]
                                         prob = second_opinion(
-                                            prob, coarse, snapped, sbox, slabels, sp,
+                                            prob, coarse, snapped, *finished[key],
                                             cfg.keep_snap_threshold,
                                         )  # fmt: skip
                                 else:

@@ -264,7 +264,13 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
         (("--edge-margin", "2"), {"keep_learned": False, "keep_edges": True,
                                   "keep_edge_margin": 2.0}),
         (("--edge-margin", "-1"), {"keep_learned": False, "keep_edges": False}),
-        (("--keep-threshold", "0.7"), {"keep_learned": True, "keep_threshold": 0.7}),
+        (("--keep-threshold", "0.7"), {"keep_learned": True, "keep_threshold": 0.7,
+                                       "keep_snap_threshold": 0.7}),
+        (("--snap-opinion", "0.8"), {"keep_learned": True, "keep_threshold": -1.0,
+                                     "keep_snap_threshold": 0.8}),
+        (("--snap-opinion", "-1", "--keep-threshold", "0.9"),
+         {"keep_learned": True, "keep_threshold": 0.9, "keep_snap_threshold": -1.0}),
+        (("--snap-opinion", "-5"), {"keep_snap_threshold": -1.0}),
     ],
 )  # fmt: skip
 def test_keep_flags_reach_the_refiner(capsys, tmp_path, monkeypatch, flags, want):
@@ -304,6 +310,8 @@ def test_edge_margin_must_be_a_finite_number(capsys, tmp_path, margin) -> None:
     [
         (("--keep-threshold", "1.5"), "--keep-threshold must be in [0, 1]"),
         (("--keep-threshold", "0.5", "--edge-margin", "1"), "not both"),
+        (("--snap-opinion", "1.5"), "--snap-opinion must be in [0, 1]"),
+        (("--snap-opinion", "0.5", "--edge-margin", "1"), "not both"),
     ],
 )
 def test_bad_keep_flags_are_one_error_line(capsys, tmp_path, flags, message) -> None:

@@ -113,6 +113,16 @@ def _add_refine(sub) -> None:
         "masks as they are)",
     )
     p.add_argument(
+        "--snap-opinion",
+        type=_finite_float,
+        default=None,
+        metavar="T",
+        help="the second opinion after the keep model (on by default, T 0.7, chosen on "
+        "training-side images): where the mask is still the input's, snapping alone's changes "
+        "are taken when a model fitted on them trusts them at T or more; a negative T turns it "
+        "off (about 1.5 s less on a 3492x2328 photo)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"
     )
     p.add_argument(
@@ -220,20 +230,34 @@ def _refiner(args):
     config = None
     margin = getattr(args, "edge_margin", None)  # only `finecut refine` has these two
     threshold = getattr(args, "keep_threshold", None)
-    if margin is not None or threshold is not None:
+    opinion = getattr(args, "snap_opinion", None)
+    if margin is not None or threshold is not None or opinion is not None:
         from finecut.errors import ConfigError
         from finecut.refine.inference import InferenceConfig
 
         if margin is not None and threshold is not None:
             raise ConfigError("give --edge-margin (the edge check) or --keep-threshold, not both")
+        if margin is not None and opinion is not None:
+            raise ConfigError(
+                "--snap-opinion follows the learned keep model, which --edge-margin replaces: "
+                "give one of them, not both"
+            )
         if threshold is not None and not 0 <= threshold <= 1:
             raise ConfigError(f"--keep-threshold must be in [0, 1], not {threshold}")
+        if opinion is not None and opinion > 1:
+            raise ConfigError(f"--snap-opinion must be in [0, 1] (negative: off), not {opinion}")
+        from dataclasses import replace
+
         if margin is not None:
             config = InferenceConfig(
                 keep_learned=False, keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0)
             )
         else:
-            config = InferenceConfig(keep_threshold=threshold)
+            config = InferenceConfig()
+            if threshold is not None:
+                config = replace(config, keep_threshold=threshold)
+            if opinion is not None:
+                config = replace(config, keep_snap_threshold=max(opinion, -1.0))
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
     if onnx is not None:
         if args.weights is not None or args.device not in (None, "cpu"):

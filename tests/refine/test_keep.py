@@ -128,6 +128,16 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert "duts_holdout" in manifest["exclude"]  # the hold-out chose the threshold
     m = default_keep_model()
     assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.7
+    # the second opinion's model: fitted on snapping alone's changes, the same images
+    from finecut.refine.keep import default_snap_keep_model
+
+    snap = load_manifest("refine_keep_snap")
+    assert sha256_file(WEIGHTS_DIR / snap["file"]) == snap["sha256"]
+    assert snap["model"] == "refine_keep_snap" and snap["train_config"]["candidate"] == "snap"
+    assert "--candidate snap" in snap["command"] and "duts_holdout" in snap["exclude"]
+    assert snap["train_config"]["images"] == manifest["train_config"]["images"]
+    s = default_snap_keep_model()
+    assert s.weight.shape == (len(FEATURES),) and not np.array_equal(s.weight, m.weight)
 
 
 def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None:
@@ -137,8 +147,9 @@ def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None
     # a model that undoes every change: the refined mask is the input, whatever the CRM did
     path = tmp_path / "undo_all.safetensors"
     _model(-50.0).save(path)
-    refiner = Refiner("cpu", weights=tiny_crm_weights, keep_model=path)
-    assert refiner.keep_model.bias == -50.0
+    # (and the second opinion's model too, so that snapping alone adds nothing either)
+    refiner = Refiner("cpu", weights=tiny_crm_weights, keep_model=path, snap_keep_model=path)
+    assert refiner.keep_model.bias == -50.0 and refiner.snap_keep_model.bias == -50.0
     # a 60 x 60 square (smaller objects are copied through), the input 2 rows off it
     photo = np.full((128, 128, 3), 40, np.uint8)
     photo[30:90, 30:90] = (200, 120, 60)
@@ -149,8 +160,9 @@ def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None
     # a model that keeps every change: the output is that of no keep step, which moved the edge
     _model(50.0).save(tmp_path / "keep_all.safetensors")
     keep_all = Refiner(
-        "cpu", weights=tiny_crm_weights, keep_model=tmp_path / "keep_all.safetensors"
-    )
+        "cpu", weights=tiny_crm_weights, keep_model=tmp_path / "keep_all.safetensors",
+        snap_keep_model=path,
+    )  # fmt: skip
     plain = Refiner(
         "cpu", weights=tiny_crm_weights,
         config=InferenceConfig(keep_learned=False, keep_edges=False),
@@ -158,8 +170,23 @@ def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None
     moved = plain.refine(photo, coarse) > 127
     assert not np.array_equal(moved, coarse)
     assert np.array_equal(keep_all.refine(photo, coarse) > 127, moved)
+    # the second opinion: with every keep-step change undone, a model trusting every change of
+    # snapping alone gives snapping alone's mask; off, the input
+    trust_snap = Refiner(
+        "cpu", weights=tiny_crm_weights, keep_model=path,
+        snap_keep_model=tmp_path / "keep_all.safetensors",
+    )  # fmt: skip
+    from finecut.refine.api import snap_alone_probability
+
+    snapped = snap_alone_probability(photo, coarse, InferenceConfig()) > 0.5
+    assert not np.array_equal(snapped, coarse)
+    assert np.array_equal(trust_snap.refine(photo, coarse) > 127, snapped)
+    trust_snap.config = InferenceConfig(keep_snap_threshold=-1.0)
+    assert np.array_equal(trust_snap.refine(photo, coarse) > 127, coarse)
     with pytest.raises(WeightsError, match="not found"):
         Refiner("cpu", weights=tiny_crm_weights, keep_model=tmp_path / "none.safetensors")
+    with pytest.raises(WeightsError, match="not found"):
+        Refiner("cpu", weights=tiny_crm_weights, snap_keep_model=tmp_path / "none.safetensors")
 
 
 def test_a_tiled_model_judges_each_piece_of_a_long_strip(tmp_path) -> None:
@@ -236,6 +263,14 @@ def test_second_opinion_adds_trusted_changes_where_the_kept_mask_left_the_input(
     out2 = second_opinion(kept2, coarse, other, box, labels, p, 0.5)
     assert (out2[10:12, 20:30] == 1.0).all()
     assert (out2[50:53, 20:50] == 1.0).all()  # the strip is taken: those pixels equalled the input
+    # the regions to judge are the other mask's changes where the kept mask left the input
+    from finecut.refine.keep import left_to_input
+
+    residual = left_to_input(kept2, coarse, other)
+    assert residual.dtype == np.float32
+    assert (residual[10:12, 20:30] == 0).all()  # the kept mask's own change: the input's value
+    assert np.array_equal(residual[50:53] > 0.5, other[50:53] > 0.5)  # left to the input there
+    assert np.array_equal(left_to_input(coarse * 1.0, coarse, other), other)
     # no regions: the kept mask as it is
     empty = second_opinion(kept, coarse, kept, *keep_probabilities(
         _photo(), coarse, kept, kept, _model(50.0)
@@ -259,17 +294,29 @@ def test_keep_step_takes_snapping_alone_as_a_second_opinion() -> None:
     assert np.array_equal(snap_alone(photo, coarse), snapped > 0.5)
     assert not np.array_equal(snapped > 0.5, coarse)  # the snapping moved the edge
     trust_all = _model(50.0)
-    # off (the default): the keep step's own result, the input here
-    off = keep_step(photo, coarse, crm, crm, cfg, trust_all)
+    # off: the keep step's own result, the input here
+    off_cfg = replace(cfg, keep_snap_threshold=-1.0)
+    off = keep_step(photo, coarse, crm, crm, off_cfg, trust_all, snap_model=trust_all)
     assert np.array_equal(off > 0.5, coarse)
-    # on: snapping alone's changes, all trusted, fill in where the kept mask left the input
-    # (with snapping alone's soft values on the changed pixels; elsewhere the kept mask's)
-    on = replace(cfg, keep_snap_threshold=0.5)
-    both = keep_step(photo, coarse, crm, crm, on, trust_all)
+    # on (the default, at 0.7): snapping alone's changes, all trusted, fill in where the kept
+    # mask left the input (with snapping alone's soft values on the changed pixels; elsewhere
+    # the kept mask's)
+    assert cfg.keep_snap_threshold == 0.7
+    both = keep_step(photo, coarse, crm, crm, cfg, trust_all, snap_model=trust_all)
     assert np.array_equal(both > 0.5, snapped > 0.5)
     changed = (snapped > 0.5) != coarse
     assert np.array_equal(both[changed], snapped[changed])
     assert np.array_equal(both[~changed], off[~changed])
-    assert np.array_equal(keep_step(photo, coarse, crm, crm, on, trust_all, snapped), both)
+    again = keep_step(photo, coarse, crm, crm, cfg, trust_all, snapped, snap_model=trust_all)
+    assert np.array_equal(again, both)
+    # without a model of its own the second opinion takes the embedded refine_keep_snap
+    from finecut.refine.keep import default_snap_keep_model
+
+    embedded = keep_step(photo, coarse, crm, crm, cfg, trust_all)
+    model = default_snap_keep_model()
+    assert np.array_equal(embedded, keep_step(photo, coarse, crm, crm, cfg, trust_all, None, model))
     # distrusted: nothing is taken
-    assert np.array_equal(keep_step(photo, coarse, crm, crm, on, _model(-50.0)) > 0.5, coarse)
+    distrust = _model(-50.0)
+    assert np.array_equal(
+        keep_step(photo, coarse, crm, crm, cfg, trust_all, snap_model=distrust) > 0.5, coarse
+    )

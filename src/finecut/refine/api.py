@@ -159,6 +159,9 @@ class Refiner:
         keep_model: the keep step's model (``InferenceConfig.keep_learned``): a
             :class:`finecut.refine.keep.KeepModel` or the ``.safetensors`` file of
             ``finecut train keep``; None takes the embedded ``refine_keep``.
+        snap_keep_model: the second opinion's model (``InferenceConfig.keep_snap_threshold``),
+            as ``keep_model`` (``finecut train keep --candidate snap``); None takes the embedded
+            ``refine_keep_snap``.
     """
 
     def __init__(
@@ -171,13 +174,17 @@ class Refiner:
         backend: str | None = None,
         onnx: str | Path | None = None,
         keep_model=None,
+        snap_keep_model=None,
     ) -> None:
+        from finecut.refine.keep import load_keep_model
+
         self.config = config or InferenceConfig()
         if isinstance(keep_model, (str, Path)):
-            from finecut.refine.keep import load_keep_model
-
             keep_model = load_keep_model(keep_model)
+        if isinstance(snap_keep_model, (str, Path)):
+            snap_keep_model = load_keep_model(snap_keep_model)
         self.keep_model = keep_model
+        self.snap_keep_model = snap_keep_model
         self.backend = backend or ("torch" if onnx is None else "onnxruntime")
         if self.backend == "onnxruntime":
             from finecut.refine.onnx_runner import OnnxRunner
@@ -260,7 +267,9 @@ class Refiner:
             prob = coarse.astype(np.float32)
         else:
             crm = self._crm_probability(rgb, coarse, cfg, progress)
-            prob = finish_probability(rgb, coarse, crm, cfg, self.keep_model)
+            prob = finish_probability(
+                rgb, coarse, crm, cfg, self.keep_model, self.snap_keep_model
+            )
         if soft:
             return prob
         return np.where(prob > 0.5, np.uint8(255), np.uint8(0))
@@ -298,6 +307,7 @@ def finish_probability(
     crm: np.ndarray,
     cfg: InferenceConfig,
     keep_model=None,
+    snap_keep_model=None,
 ) -> np.ndarray:
     """The do-no-harm gate, edge snapping and keep step applied to a CRM probability, per ``cfg``.
 
@@ -308,7 +318,7 @@ def finish_probability(
         rgb: (H, W, 3) uint8; coarse: (H, W) bool; crm: (H, W) float -> (H, W) float32.
     """
     prob = gate_and_snap(rgb, coarse, crm, cfg)
-    return keep_step(rgb, coarse, prob, crm, cfg, keep_model)
+    return keep_step(rgb, coarse, prob, crm, cfg, keep_model, snap_model=snap_keep_model)
 
 
 def gate_and_snap(
@@ -361,28 +371,35 @@ def keep_step(
     cfg: InferenceConfig,
     keep_model=None,
     snapped: np.ndarray | None = None,
+    snap_model=None,
 ) -> np.ndarray:
     """The last part of :func:`finish_probability`: undo the changed regions not to be trusted,
     by the learned keep model (``cfg.keep_learned``; ``keep_model`` or the embedded one) or by
-    edge support (``cfg.keep_edges``); with ``cfg.keep_snap_threshold`` >= 0 then add the trusted
-    changes of snapping alone (``snapped``: :func:`snap_alone_probability`, computed when None)
+    edge support (``cfg.keep_edges``). With ``cfg.keep_snap_threshold`` >= 0 (and ``cfg.snap``)
+    then add the changes of snapping alone (``snapped``: :func:`snap_alone_probability`,
+    computed when None) that ``snap_model`` (or the embedded ``refine_keep_snap``) trusts,
     where the kept mask left the input as it was."""
     if cfg.keep_learned:
         from finecut.refine.keep import (
             apply_keep,
             default_keep_model,
+            default_snap_keep_model,
             keep_probabilities,
+            left_to_input,
             second_opinion,
         )
 
         model = keep_model if keep_model is not None else default_keep_model()
         threshold = cfg.keep_threshold if cfg.keep_threshold >= 0 else None
         kept = apply_keep(rgb, coarse, prob, crm, model, threshold)
-        if cfg.keep_snap_threshold < 0:
-            return kept
+        if cfg.keep_snap_threshold < 0 or not cfg.snap:
+            return kept  # off, or no snapping asked for (the second opinion is snapping's)
         if snapped is None:
             snapped = snap_alone_probability(rgb, coarse, cfg)
-        box, labels, p = keep_probabilities(rgb, coarse, snapped, crm, model)
+        if snap_model is None:
+            snap_model = default_snap_keep_model()
+        residual = left_to_input(kept, coarse, snapped)
+        box, labels, p = keep_probabilities(rgb, coarse, residual, crm, snap_model)
         return second_opinion(kept, coarse, snapped, box, labels, p, cfg.keep_snap_threshold)
     if cfg.keep_edges:
         return revert_unsupported(rgb, coarse, prob, cfg.keep_edge_margin)

@@ -38,7 +38,9 @@ __all__ = [
     "apply_keep",
     "second_opinion",
     "default_keep_model",
+    "default_snap_keep_model",
     "keep_probabilities",
+    "left_to_input",
     "load_keep_model",
     "region_features",
     "undo_regions",
@@ -265,6 +267,16 @@ def default_keep_model() -> KeepModel:
     return load_keep_model(WEIGHTS_DIR / "refine_keep.safetensors", manifest["sha256"])
 
 
+@functools.lru_cache(maxsize=1)
+def default_snap_keep_model() -> KeepModel:
+    """The embedded model of the second opinion (``finecut/weights/refine_keep_snap.safetensors``:
+    which of snapping alone's changes to trust), sha256-checked."""
+    from finecut.weights import WEIGHTS_DIR, load_manifest
+
+    manifest = load_manifest("refine_keep_snap")
+    return load_keep_model(WEIGHTS_DIR / "refine_keep_snap.safetensors", manifest["sha256"])
+
+
 def keep_probabilities(
     rgb: np.ndarray, coarse: np.ndarray, prob: np.ndarray, crm: np.ndarray, model: KeepModel
 ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
@@ -300,6 +312,15 @@ def apply_keep(
     return undo_regions(prob, coarse, box, labels, p, t)
 
 
+def left_to_input(kept: np.ndarray, coarse: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``other`` where ``kept`` still has the input's value, the input elsewhere: the changes of
+    another finishing that :func:`second_opinion` may add (regions of it against ``coarse``).
+
+    Shape: (H, W) float, (H, W) bool, (H, W) float -> (H, W) float32.
+    """
+    return np.where((kept > 0.5) == coarse, other, coarse).astype(np.float32)
+
+
 def second_opinion(
     kept: np.ndarray,
     coarse: np.ndarray,
@@ -311,9 +332,9 @@ def second_opinion(
 ) -> np.ndarray:
     """``kept`` with another finishing's trusted changes added where ``kept`` left the input.
 
-    ``box, labels, p`` are :func:`keep_probabilities` of ``other`` (e.g. snapping alone) against
-    ``coarse``; each of its regions with ``p >= threshold`` takes ``other``'s value on the pixels
-    where ``kept`` still equals the input (a change ``kept`` already made is never overridden).
+    ``box, labels, p`` are :func:`keep_probabilities` of ``left_to_input(kept, coarse, other)``
+    against ``coarse`` (e.g. ``other`` is snapping alone): each of its regions with
+    ``p >= threshold`` takes ``other``'s value; a change ``kept`` made is never overridden.
 
     Shape:
         kept, other: (H, W) float; coarse: (H, W) bool -> (H, W) float32.

@@ -61,9 +61,9 @@ class KeepTrainConfig:
         tile: cut the changed regions into cells of this share of the image's long side
             (:func:`finecut.refine.keep.tile_pixels`; 0: whole connected regions).
         candidate: whose changes are judged: ``finecut`` (the CRM's, after the gate and the
-            snapping: the keep step's model) or ``snap`` (snapping alone, the snapping applied
-            to the input mask: the model of the second opinion,
-            ``InferenceConfig.keep_snap_threshold``).
+            snapping: the keep step's model) or ``snap`` (snapping alone's, the snapping applied
+            to the input mask, where the refiner's keep step left the input as it was: the
+            model of the second opinion, ``InferenceConfig.keep_snap_threshold``).
     """
 
     images: int = 120
@@ -96,6 +96,10 @@ def gather_regions(
 
     if cfg.candidate not in CANDIDATES:
         raise ValueError(f"unknown candidate {cfg.candidate!r}; choose {' or '.join(CANDIDATES)}")
+    if cfg.candidate == "snap":
+        from finecut.refine.keep import apply_keep, default_keep_model, left_to_input
+
+        keep_model = refiner.keep_model or default_keep_model()
     rng = np.random.default_rng(cfg.seed)
     xs, ys, ws, cs = [], [], [], []
     meta = {"case_family": [], "case_scale": [], "case_condition": [], "case_stem": []}
@@ -116,16 +120,19 @@ def gather_regions(
                 cache / f"{case}.npy" if cache else None,
                 refiner._crm_probability, image, coarse, refiner.config,
             )  # fmt: skip
+            prob = cached_float16(
+                cache / f"{case}_finish.npy" if cache else None,
+                gate_and_snap, image, coarse, crm, refiner.config,
+            )  # fmt: skip
             if cfg.candidate == "snap":
-                prob = cached_float16(
+                # the second opinion's regions: snapping alone's changes where the keep step
+                # (the refiner's keep model at its threshold) left the input as it was
+                snapped = cached_float16(
                     cache / f"{case}_snapalone.npy" if cache else None,
                     snap_alone_probability, image, coarse, refiner.config,
                 )  # fmt: skip
-            else:
-                prob = cached_float16(
-                    cache / f"{case}_finish.npy" if cache else None,
-                    gate_and_snap, image, coarse, crm, refiner.config,
-                )  # fmt: skip
+                kept = apply_keep(image, coarse, prob, crm, keep_model)
+                prob = left_to_input(kept, coarse, snapped)
             box, labels, feats = region_features(image, coarse, prob, crm, tile=cfg.tile)
             if len(feats):
                 new = prob[box] > 0.5
@@ -250,7 +257,7 @@ def train_keep(
     path = keep_output(out, ".safetensors")
     model.save(path)
     info = {
-        "model": "refine_keep",
+        "model": "refine_keep" if cfg.candidate == "finecut" else "refine_keep_snap",
         "features": list(FEATURES),
         "threshold": threshold,
         "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()},
