@@ -63,51 +63,40 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
     stems = sorted(p.stem for p in (ecssd / "images").iterdir())
     exclude.write_text("\n".join(stems[4:]) + "\n")  # leave four images
     out = tmp_path / "keep" / "model"
-    code = main(
-        [
-            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
-            "--seed", "3", "--threads", "1", "--out", str(out), "--cache", str(tmp_path / "c"),
-        ]
-    )  # fmt: skip
-    assert code == 0
+
+    def train(name: str, *extra: str) -> int:
+        # two images, seed 3, one shared cache of CRM outputs
+        return main(
+            [
+                "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
+                "--seed", "3", "--threads", "1", "--out", str(out) + name,
+                "--cache", str(tmp_path / "c"), *extra,
+            ]
+        )  # fmt: skip
+
+    assert train("") == 0
     manifest = json.loads(out.with_suffix(".json").read_text())
     model = load_keep_model(out.with_suffix(".safetensors"), manifest["sha256"])
     assert manifest["images"] == 2 and manifest["cases"] == 12  # six families each
     assert manifest["fit"]["regions"] > 0 and manifest["exclude"] == str(exclude)
     assert model.threshold == 0.5 and manifest["command"].startswith("finecut train keep")
     # the cached CRM probabilities are reused: a second run gives the same model
-    main(
-        [
-            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
-            "--seed", "3", "--threads", "1", "--out", str(out) + "2",
-            "--cache", str(tmp_path / "c"),
-        ]
-    )  # fmt: skip
+    train("2")
     again = load_keep_model(str(out) + "2.safetensors")
     assert np.array_equal(again.weight, model.weight)
     # --tile cuts the regions into cells: more (smaller) regions, and the model keeps its tile
-    main(
-        [
-            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
-            "--seed", "3", "--threads", "1", "--out", str(out) + "_t0.05",
-            "--cache", str(tmp_path / "c"), "--tile", "0.05",
-        ]
-    )  # fmt: skip
+    train("_t0.05", "--tile", "0.05")
     # a dot in the name is kept: model_t0.05.json, not model_t0.json
     tiled = json.loads((tmp_path / "keep" / "model_t0.05.json").read_text())
     assert tiled["train_config"]["tile"] == 0.05
     assert tiled["fit"]["regions"] > manifest["fit"]["regions"]
     assert load_keep_model(str(out) + "_t0.05.safetensors").tile == 0.05
-    # --candidate snap judges snapping alone's changes: other regions (cached apart), recorded
-    main(
-        [
-            "train", "keep", "--data", str(ecssd), "--exclude", str(exclude), "--images", "2",
-            "--seed", "3", "--threads", "1", "--out", str(out) + "_snap",
-            "--cache", str(tmp_path / "c"), "--candidate", "snap",
-        ]
-    )  # fmt: skip
+    # --candidate snap judges snapping alone's changes where the keep step left the input:
+    # other regions (snapping alone cached apart), and the manifest says so
+    assert train("_snap", "--candidate", "snap") == 0
     snap = json.loads((tmp_path / "keep" / "model_snap.json").read_text())
     assert snap["train_config"]["candidate"] == "snap" and snap["cases"] == 12
+    assert snap["model"] == "refine_keep_snap" and manifest["model"] == "refine_keep"
     assert snap["fit"]["regions"] > 0 and snap["fit"]["regions"] != manifest["fit"]["regions"]
     assert len(list((tmp_path / "c").glob("*_snapalone.npy"))) == 12
     assert not np.array_equal(load_keep_model(str(out) + "_snap.safetensors").weight, model.weight)
