@@ -117,10 +117,10 @@ def _add_refine(sub) -> None:
         type=_finite_float,
         default=None,
         metavar="T",
-        help="the second opinion after the keep model (on by default, T 0.7, chosen on "
-        "training-side images): where the mask is still the input's, snapping alone's changes "
-        "are taken when a model fitted on them trusts them at T or more; a negative T turns it "
-        "off (about 1.5 s less on a 3492x2328 photo)",
+        help="a second opinion after the keep model (off by default; 0.7 is the setting chosen "
+        "on training-side images): where the mask is still the input's, snapping alone's "
+        "changes are taken when a model fitted on them trusts them at T or more; a negative T "
+        "turns it off (it costs about 1.5 s on a 3492x2328 photo)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"

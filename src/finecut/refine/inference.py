@@ -107,11 +107,12 @@ class InferenceConfig:
             ``snap`` only): where the kept mask still equals the input, the changes of snapping
             alone (the snapping applied to the input mask itself, no CRM) are judged by a keep
             model fitted on such changes (the embedded ``refine_keep_snap``) and taken where its
-            probability is at least this. Negative: off. 0.7 chosen on training-side images (60
-            DUTS-TR hold-out images, six families, clean and video-like, 1x and 2x;
-            docs/benchmarks.md): mean gain over the input +1.60 IoU / +3.08 mBA against
-            +1.55 / +2.86 without it, worst row 5% harmed for both; 0.6 gains more mBA (+3.27)
-            but harms 8% in a row.
+            probability is at least this. Negative (the default): off. 0.7 is the setting
+            chosen on training-side images (60 DUTS-TR hold-out images, six families, clean and
+            video-like, 1x and 2x; docs/benchmarks.md): mean gain over the input +1.60 IoU /
+            +3.08 mBA against +1.55 / +2.86 without it, worst row 5% harmed for both. Off by
+            default because it costs about 1.5 s on a 3492x2328 photo, which took the
+            aeroplane past issue 13's 10 s in 3 of 6 runs.
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -138,7 +139,7 @@ class InferenceConfig:
     keep_edge_margin: float = 1.0
     keep_learned: bool = True
     keep_threshold: float = -1.0
-    keep_snap_threshold: float = 0.7
+    keep_snap_threshold: float = -1.0
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
