@@ -36,13 +36,13 @@ __all__ = [
     "FEATURES",
     "KeepModel",
     "apply_keep",
-    "second_opinion",
     "default_keep_model",
     "default_snap_keep_model",
     "keep_probabilities",
     "left_to_input",
     "load_keep_model",
     "region_features",
+    "second_opinion",
     "undo_regions",
 ]
 

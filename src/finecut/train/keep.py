@@ -99,7 +99,9 @@ def gather_regions(
     if cfg.candidate == "snap":
         from finecut.refine.keep import apply_keep, default_keep_model, left_to_input
 
-        keep_model = refiner.keep_model or default_keep_model()
+        keep_model = refiner.keep_model
+        if keep_model is None:
+            keep_model = default_keep_model()
     rng = np.random.default_rng(cfg.seed)
     xs, ys, ws, cs = [], [], [], []
     meta = {"case_family": [], "case_scale": [], "case_condition": [], "case_stem": []}
