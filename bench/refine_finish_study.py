@@ -98,6 +98,13 @@ def main() -> None:
         load_keep_model(args.snap_keep_model) if args.snap_keep_model else default_snap_keep_model()
     )
 
+    def case_snap(finished: dict, case: Path, image, coarse) -> np.ndarray:
+        # snapping alone of a case: cached on disk, read once per case
+        if "snap" not in finished:
+            path = case.with_name(case.name + "_snap.npy")
+            finished["snap"] = cached_float16(path, snap_alone, image, coarse)
+        return finished["snap"]
+
     names = ["coarse", *variants]
     methods = {}  # name -> (crm | snap | finecut, its InferenceConfig); any other label is finecut
     for name in variants:
@@ -132,8 +139,7 @@ def main() -> None:
                             if base == "crm":
                                 pred = crm > 0.5
                             elif base == "snap":
-                                path = case.with_name(case.name + "_snap.npy")
-                                pred = cached_float16(path, snap_alone, image, coarse) > 0.5
+                                pred = case_snap(finished, case, image, coarse) > 0.5
                             else:
                                 # variants that differ only in the keep step share the rest
                                 plain = without_keep(cfg)
@@ -157,8 +163,7 @@ def main() -> None:
                                     if cfg.keep_snap_threshold >= 0:
                                         # snapping alone's changes where the kept mask left the
                                         # input, judged once per kept mask
-                                        path = case.with_name(case.name + "_snap.npy")
-                                        snapped = cached_float16(path, snap_alone, image, coarse)
+                                        snapped = case_snap(finished, case, image, coarse)
                                         key = ("snapkeep", plain, t)
                                         if key not in finished:
                                             residual = left_to_input(prob, coarse, snapped)

@@ -246,18 +246,15 @@ def _refiner(args):
             raise ConfigError(f"--keep-threshold must be in [0, 1], not {threshold}")
         if opinion is not None and opinion > 1:
             raise ConfigError(f"--snap-opinion must be in [0, 1] (negative: off), not {opinion}")
-        from dataclasses import replace
-
         if margin is not None:
             config = InferenceConfig(
                 keep_learned=False, keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0)
             )
         else:
-            config = InferenceConfig()
-            if threshold is not None:
-                config = replace(config, keep_threshold=threshold)
-            if opinion is not None:
-                config = replace(config, keep_snap_threshold=max(opinion, -1.0))
+            # any negative --snap-opinion is off, stored as -1
+            opinion_t = None if opinion is None else max(opinion, -1.0)
+            given = {"keep_threshold": threshold, "keep_snap_threshold": opinion_t}
+            config = InferenceConfig(**{k: v for k, v in given.items() if v is not None})
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
     if onnx is not None:
         if args.weights is not None or args.device not in (None, "cpu"):

@@ -42,9 +42,10 @@ __all__ = [
     "finish_probability",
     "gate_and_snap",
     "keep_step",
-    "snap_alone_probability",
     "load_refiner_model",
     "refine",
+    "snap_alone_probability",
+    "wants_second_opinion",
     "without_keep",
 ]
 
@@ -330,9 +331,15 @@ def gate_and_snap(
     if cfg.keep_reach > 0 or cfg.keep_confidence > 0:
         prob = gate_changes(crm, coarse, cfg.keep_reach * (h + w), cfg.keep_confidence)
     if cfg.snap:
-        band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
-        prob = snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
+        prob = _snap(rgb, prob, cfg)
     return prob
+
+
+def _snap(rgb: np.ndarray, prob: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """Edge snapping of ``prob`` with ``cfg``'s band, regulariser and passes."""
+    h, w = prob.shape
+    band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
+    return snap_to_edges(rgb, prob, band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes)
 
 
 def snap_alone_probability(
@@ -342,11 +349,14 @@ def snap_alone_probability(
 
     Shape: (H, W, 3) uint8, (H, W) bool -> (H, W) float32.
     """
-    h, w = coarse.shape
-    band = snap_band(h, w, cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band)
-    return snap_to_edges(
-        rgb, coarse.astype(np.float32), band, epsilon=cfg.snap_epsilon, passes=cfg.snap_passes
-    )
+    return _snap(rgb, coarse.astype(np.float32), cfg)
+
+
+def wants_second_opinion(cfg: InferenceConfig) -> bool:
+    """Whether :func:`keep_step` adds snapping alone's trusted changes (``keep_snap_threshold``
+    >= 0, with the learned keep model and snapping on): then it needs
+    :func:`snap_alone_probability`."""
+    return cfg.keep_learned and cfg.snap and cfg.keep_snap_threshold >= 0
 
 
 def without_keep(cfg: InferenceConfig) -> InferenceConfig:
@@ -392,7 +402,7 @@ def keep_step(
         model = keep_model if keep_model is not None else default_keep_model()
         threshold = cfg.keep_threshold if cfg.keep_threshold >= 0 else None
         kept = apply_keep(rgb, coarse, prob, crm, model, threshold)
-        if cfg.keep_snap_threshold < 0 or not cfg.snap:
+        if not wants_second_opinion(cfg):
             return kept  # off, or no snapping asked for (the second opinion is snapping's)
         if snapped is None:
             snapped = snap_alone_probability(rgb, coarse, cfg)

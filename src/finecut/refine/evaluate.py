@@ -288,8 +288,15 @@ def evaluate_families(
     """
     from dataclasses import replace
 
-    from finecut.refine.api import Refiner, gate_and_snap, keep_step, without_keep
+    from finecut.refine.api import (
+        Refiner,
+        gate_and_snap,
+        keep_step,
+        wants_second_opinion,
+        without_keep,
+    )
     from finecut.refine.baselines import guided_filter_refine
+    from finecut.refine.inference import InferenceConfig
 
     parsed = [(m, *_parse_method(m)) for m in methods]
     refiner = None
@@ -316,12 +323,14 @@ def evaluate_families(
                 rows[0].add(coarse, gt)
                 crms: dict[tuple, tuple[np.ndarray, float]] = {}
                 snapped: dict = {}
+                alone: dict = {}  # snapping alone of this case, per snapping setting
                 for row, (_, name, overrides) in zip(rows[1:], parsed, strict=True):
                     t0, extra = time.perf_counter(), 0.0
                     if name == "guided":
                         pred = guided_filter_refine(image, coarse)
                     elif name == "snap":
-                        pred = snap_alone(image, coarse)
+                        prob, extra, t0 = _snap_alone_once(alone, image, coarse, InferenceConfig())
+                        pred = prob > 0.5
                     else:
                         # rows that differ only in the gate or the snapping share one CRM run
                         cfg = replace(refiner.config, **overrides)
@@ -353,9 +362,30 @@ def evaluate_families(
                                 t0 = time.perf_counter()
                             prob, snap_s = snapped[plain]
                             extra += snap_s
-                            pred = keep_step(image, coarse, prob, crm, cfg) > 0.5
+                            own = None  # snapping alone, shared with the snap row
+                            if wants_second_opinion(cfg):
+                                own, own_s, t0 = _snap_alone_once(alone, image, coarse, cfg)
+                                extra += own_s
+                            pred = keep_step(image, coarse, prob, crm, cfg, None, own) > 0.5
                     row.add(pred, gt, time.perf_counter() - t0 + extra)
     return out
+
+
+def _snap_alone_once(
+    alone: dict, image: np.ndarray, coarse: np.ndarray, cfg
+) -> tuple[np.ndarray, float, float]:
+    """Snapping alone of one case with ``cfg``'s snapping, computed once per setting and kept in
+    ``alone``: the ``snap`` row and the rows with a second opinion share it. Returns the
+    probability, the seconds it took (each row counts them) and a fresh start time for the
+    row's own clock (so a row that computed it does not count it twice)."""
+    from finecut.refine.api import snap_alone_probability
+
+    key = (cfg.snap_fraction, cfg.snap_min_band, cfg.snap_max_band, cfg.snap_epsilon,
+           cfg.snap_passes)  # fmt: skip
+    if key not in alone:
+        t = time.perf_counter()
+        alone[key] = (snap_alone_probability(image, coarse, cfg), time.perf_counter() - t)
+    return (*alone[key], time.perf_counter())
 
 
 def cached_float16(path: Path | None, compute: Callable[..., np.ndarray], *args) -> np.ndarray:
