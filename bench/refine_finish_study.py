@@ -42,6 +42,10 @@ def main() -> None:
     p.add_argument("--variants", default="default")
     p.add_argument("--weights", default=None)
     p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"),
+        help="the CRM encoder's arithmetic (its CRM outputs are cached apart)",
+    )  # fmt: skip
+    p.add_argument(
         "--keep-model", default=None,
         help="the keep model of keep_learned variants (default: the embedded refine_keep)",
     )
@@ -90,9 +94,9 @@ def main() -> None:
     tag = hashlib.sha256(
         Path(args.weights).read_bytes() if args.weights else b"embedded"
     ).hexdigest()[:10]
-    cache = Path(args.cache) / tag
+    cache = Path(args.cache) / (tag if args.precision == "fp32" else f"{tag}_{args.precision}")
     cache.mkdir(parents=True, exist_ok=True)
-    refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
+    refiner = Refiner("cpu", weights=args.weights, threads=args.threads, precision=args.precision)
     keep_model = load_keep_model(args.keep_model) if args.keep_model else default_keep_model()
     snap_model = (
         load_keep_model(args.snap_keep_model) if args.snap_keep_model else default_snap_keep_model()
@@ -185,7 +189,7 @@ def main() -> None:
     print()
     print(
         f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
-        f"{args.weights or 'embedded'}"
+        f"{args.weights or 'embedded'}, encoder {args.precision}"
     )
     print("| condition | scale | family | " + " | ".join(names) + " |")
     print("|---|---|---|" + "---:|" * len(names))

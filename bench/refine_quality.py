@@ -45,6 +45,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None)
     p.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "fp32", "bf16"),
+        help="the CRM encoder's arithmetic (default: the Refiner's)",
+    )
+    p.add_argument(
         "--cache",
         default=None,
         help="folder caching the CRM probabilities (a subfolder per weights file and seed is "
@@ -102,11 +108,13 @@ def main() -> None:
         threads=args.threads,
         progress=True,
         cache=_cache_dir(args),
+        precision=args.precision,
     )
     print(
         f"{args.data}: {len(stems)} images (every {args.every}), seed {args.seed}, weights "
         f"{args.weights or 'embedded'}; {platform.machine()}, {os.cpu_count()} CPUs visible, torch "
-        f"threads {args.threads}, device {args.device}; total {time.perf_counter() - t0:.0f} s"
+        f"threads {args.threads}, device {args.device}, precision {args.precision or 'default'}; "
+        f"total {time.perf_counter() - t0:.0f} s"
     )
     print()
     print(format_family_table(results))
@@ -129,7 +137,14 @@ def _cache_dir(args):
 
     weights = Path(args.weights) if args.weights else WEIGHTS_DIR / "crm_lite0.safetensors"
     data = hashlib.sha256(os.path.abspath(args.data).encode()).hexdigest()[:6]
-    return Path(args.cache) / f"{sha256_file(weights)[:10]}_seed{args.seed}_{data}"
+    # the CRM's outputs depend on its arithmetic (what "auto" or the default resolve to on this
+    # machine): bf16 runs get their own folder
+    from finecut.devices import resolve_device, resolve_precision
+    from finecut.refine.api import DEFAULT_PRECISION
+
+    precision = resolve_precision(args.precision or DEFAULT_PRECISION, resolve_device(args.device))
+    suffix = "" if precision == "fp32" else f"_{precision}"
+    return Path(args.cache) / f"{sha256_file(weights)[:10]}_seed{args.seed}_{data}{suffix}"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,12 @@ Each (image, mode) runs in its own subprocess so peak RSS (``ru_maxrss``) belong
 alone. All modes use the same model, scales and tiles; ``full`` queries every full-resolution
 pixel at every scale (CRM's own inference), ``band`` is finecut's inference (band queries + tiles
 that contain band pixels only), ``snap`` is ``band`` followed by edge snapping (finecut's default,
-``finecut.refine.snap``). The table gives wall time of the refine call (model already
+``finecut.refine.snap``). A mode may name the CRM encoder's arithmetic, ``band:bf16`` or
+``snap:fp32`` (no suffix: the Refiner's default; ``full``, the reference, always runs in float32):
+
+    .venv/bin/python bench/refine_speed.py --modes full,snap:fp32,snap:bf16 --repeats 3
+
+The table gives wall time of the refine call (model already
 loaded), peak RSS of the process, and how far finecut's mask is from the full-query mask: IoU and
 mBA measured with the full-query mask as the reference. Printed as a markdown table.
 
@@ -61,8 +66,12 @@ def _child(args) -> None:
         size = (round(image.shape[1] * f), round(image.shape[0] * f))
         image = cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
         mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) >= 0.5
+    mode, _, precision = args.mode.partition(":")
+    if mode == "full":
+        precision = "fp32"  # the reference: CRM's own inference, as it was always measured
+    given = {"precision": precision} if precision else {}
     t0 = time.perf_counter()
-    refiner = Refiner(args.device, weights=args.weights)
+    refiner = Refiner(args.device, weights=args.weights, **given)
     load_s = time.perf_counter() - t0
     times = []
     for _ in range(args.repeats):
@@ -70,7 +79,7 @@ def _child(args) -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         prob = refiner.refine(
-            image, mask, soft=True, full_query=args.mode == "full", snap=args.mode == "snap"
+            image, mask, soft=True, full_query=mode == "full", snap=mode == "snap"
         )
         if refiner.device.type == "cuda":
             torch.cuda.synchronize()
@@ -84,6 +93,7 @@ def _child(args) -> None:
                 "load_s": load_s,
                 "rss_gb": rss_gb,
                 "size": [image.shape[1], image.shape[0]],
+                "precision": refiner.precision,
             }
         )
     )
@@ -162,7 +172,7 @@ def main() -> None:
             for mode in modes:
                 runs = [(mode, None)]
                 if args.compare and mode in args.compare_modes.split(","):
-                    runs.append((f"{mode} ({label})", args.compare))
+                    runs.append((f"{mode} ({label})", args.compare))  # its own default
                 for key, src in runs:
                     save = Path(tmp) / f"{name}_{len(res)}.npy"
                     res[key] = _run_child(name, mode, args, save, src)
@@ -170,6 +180,9 @@ def main() -> None:
             base = res.get("full")
             for key, r in res.items():
                 t = min(r["times"])
+                shown = key  # with what a default arithmetic resolved to
+                if ":" not in key and "precision" in r:
+                    shown = f"{key}, {r['precision']}"
                 size = "x".join(map(str, r["size"]))
                 if base is not None:
                     speed = f"{min(base['times']) / t:.2f}x"
@@ -178,7 +191,7 @@ def main() -> None:
                 else:
                     speed, q = "-", "- | -"
                 print(
-                    f"| {name} | {size} | {key} | {t:.2f} | {r['load_s']:.2f} | "
+                    f"| {name} | {size} | {shown} | {t:.2f} | {r['load_s']:.2f} | "
                     f"{r['rss_gb']:.2f} | {speed} | {q} |"
                 )
 

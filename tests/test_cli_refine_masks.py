@@ -265,7 +265,7 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
                                   "keep_edge_margin": 2.0}),
         (("--edge-margin", "-1"), {"keep_learned": False, "keep_edges": False}),
         (("--keep-threshold", "0.7"), {"keep_learned": True, "keep_threshold": 0.7,
-                                       "keep_snap_threshold": -1.0}),
+                                       "keep_snap_threshold": 0.7}),
         (("--snap-opinion", "0.8"), {"keep_learned": True, "keep_threshold": -1.0,
                                      "keep_snap_threshold": 0.8}),
         (("--snap-opinion", "-1", "--keep-threshold", "0.9"),
@@ -321,3 +321,41 @@ def test_bad_keep_flags_are_one_error_line(capsys, tmp_path, flags, message) -> 
     code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "want"),
+    [
+        ("refine", (), {}),  # the Refiner's own default
+        ("refine", ("--precision", "bf16"), {"precision": "bf16"}),
+        ("refine", ("--precision", "fp32"), {"precision": "fp32"}),
+        ("refine", ("--precision", "auto"), {"precision": "auto"}),
+        ("refine-coco", ("--precision", "bf16"), {"precision": "bf16"}),
+    ],
+)
+def test_precision_reaches_the_refiner(monkeypatch, command, flags, want):
+    import finecut.refine as refine_pkg
+    from finecut.cli import _refiner, build_parser
+
+    seen = {}
+
+    class FakeRefiner:
+        def __init__(self, *args, config=None, **kwargs) -> None:
+            seen.update(kwargs)
+
+    monkeypatch.setattr(refine_pkg, "Refiner", FakeRefiner)
+    if command == "refine":
+        argv = ["refine", "a.png", "--mask", "b.png", "-o", "c.png", *flags]
+    else:
+        argv = ["refine-coco", "a.json", "--images", "imgs", "-o", "out.json", *flags]
+    _refiner(build_parser().parse_args(argv))
+    assert {k: v for k, v in seen.items() if k == "precision"} == want
+
+
+def test_an_unknown_precision_is_one_error_line(capsys, tmp_path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["refine", "a.jpg", "--mask", "b.png", "-o", str(tmp_path / "o.png"),
+              "--precision", "fp16"])  # fmt: skip
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --precision: invalid choice: 'fp16'" in err

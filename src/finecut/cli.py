@@ -44,6 +44,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+
+def _add_precision(p) -> None:
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="the refiner encoder's arithmetic (default auto: bfloat16 on a CPU with native "
+        "bfloat16, e.g. AVX-512 BF16 or AMX, float32 elsewhere)",
+    )
+
 def _add_refine(sub) -> None:
     p = sub.add_parser(
         "refine",
@@ -83,6 +93,7 @@ def _add_refine(sub) -> None:
         help="resize a mask of another size to the image instead of failing",
     )
     p.add_argument("--weights", default=None, help="weights file (default: the embedded model)")
+    _add_precision(p)
     p.add_argument(
         "--full-query",
         action="store_true",
@@ -117,10 +128,10 @@ def _add_refine(sub) -> None:
         type=_finite_float,
         default=None,
         metavar="T",
-        help="a second opinion after the keep model (off by default; 0.7 is the setting chosen "
-        "on training-side images): where the mask is still the input's, snapping alone's "
-        "changes are taken when a model fitted on them trusts them at T or more; a negative T "
-        "turns it off (it costs about 1.5 s on a 3492x2328 photo)",
+        help="the second opinion after the keep model (on by default, T 0.7, chosen on "
+        "training-side images): where the mask is still the input's, snapping alone's changes "
+        "are taken when a model fitted on them trusts them at T or more; a negative T turns it "
+        "off (about 1.5 s less on a 3492x2328 photo)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"
@@ -255,18 +266,22 @@ def _refiner(args):
             opinion_t = None if opinion is None else max(opinion, -1.0)
             given = {"keep_threshold": threshold, "keep_snap_threshold": opinion_t}
             config = InferenceConfig(**{k: v for k, v in given.items() if v is not None})
+    # None: the Refiner's own default (refine and refine-coco have --precision)
+    precision = getattr(args, "precision", None)
+    given = {} if precision is None else {"precision": precision}
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
     if onnx is not None:
-        if args.weights is not None or args.device not in (None, "cpu"):
-            from finecut.errors import ConfigError
+        from finecut.errors import ConfigError
 
+        if args.weights is not None or args.device not in (None, "cpu"):
             raise ConfigError(
                 "--onnx runs on the CPU with the weights exported to DIR: drop --weights and "
                 "--device (export other weights with finecut export onnx --weights)"
             )
+        if precision not in (None, "auto", "fp32"):
+            raise ConfigError("--onnx runs in float32: drop --precision")
         return Refiner(onnx=onnx, threads=args.threads, config=config)
-    return Refiner(args.device, weights=args.weights, threads=args.threads, config=config)
-
+    return Refiner(args.device, weights=args.weights, threads=args.threads, config=config, **given)
 
 def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
     """Every check the writers would make, before any work (a bad -o fails in milliseconds)."""
@@ -574,6 +589,7 @@ def _add_refine_coco(sub) -> None:
     p.add_argument("--full-query", action="store_true", help="CRM's own inference (slower)")
     p.add_argument("--no-snap", action="store_true", help="skip edge snapping")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _add_precision(p)
     p.set_defaults(func=_cmd_refine_coco)
 
 
@@ -1091,7 +1107,9 @@ def _cmd_train_keep(args) -> int:
     cfg = KeepTrainConfig(
         images=args.images, seed=args.seed, l2=args.l2, tile=args.tile, candidate=args.candidate
     )
-    refiner = Refiner("cpu", weights=args.weights, threads=args.threads)
+    # float32: the shipped keep models were fitted on float32 CRM outputs, and their recorded
+    # commands must give the same files on any CPU
+    refiner = Refiner("cpu", weights=args.weights, threads=args.threads, precision="fp32")
     command = "finecut " + " ".join(args.argv)
     try:
         _, info = train_keep(

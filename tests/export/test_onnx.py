@@ -39,7 +39,8 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def refiners(onnx_dir: Path) -> tuple[Refiner, Refiner]:
-    return Refiner("cpu"), Refiner(onnx=onnx_dir)
+    # the ONNX networks are float32: compare with torch in float32 (the default may be bf16)
+    return Refiner("cpu", precision="fp32"), Refiner(onnx=onnx_dir)
 
 
 def _scene(h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +249,9 @@ def test_refiner_arguments_are_checked(onnx_dir: Path) -> None:
         Refiner(backend="torch", onnx=onnx_dir)
     with pytest.raises(ConfigError, match="unknown backend 'tensorflow'"):
         Refiner(backend="tensorflow")
+    with pytest.raises(ConfigError, match="runs in float32, not 'bf16'"):
+        Refiner(onnx=onnx_dir, precision="bf16")
+    assert Refiner(onnx=onnx_dir, precision="auto").precision == "fp32"
 
 
 def test_cli_refuses_onnx_with_weights(onnx_dir: Path, tmp_path: Path, capsys) -> None:
@@ -258,6 +262,11 @@ def test_cli_refuses_onnx_with_weights(onnx_dir: Path, tmp_path: Path, capsys) -
     argv += ["-o", str(tmp_path / "out.png"), "--onnx", str(onnx_dir), "--weights", "crm_lite0"]
     assert main(argv) == 2
     assert "drop --weights and --device" in capsys.readouterr().err
+    argv[-2:] = ["--precision", "bf16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["finecut: error: --onnx runs in float32: drop --precision"]
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_export_refuses_to_overwrite(onnx_dir: Path, capsys) -> None:
@@ -301,6 +310,7 @@ def test_export_of_other_weights_without_coarse_skip(tmp_path: Path) -> None:
         "sha256": sha256_file(weights),
     }
     image, mask = _scene()
-    want = Refiner("cpu", weights=weights).refine(image, mask, soft=True, snap=False)
+    torch_fp32 = Refiner("cpu", weights=weights, precision="fp32")
+    want = torch_fp32.refine(image, mask, soft=True, snap=False)
     got = Refiner(onnx=tmp_path / "onnx").refine(image, mask, soft=True, snap=False)
     np.testing.assert_allclose(got, want, atol=1e-4)

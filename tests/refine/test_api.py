@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import finecut
-from finecut.errors import ImageError, WeightsError
+from finecut.errors import ConfigError, ImageError, WeightsError
 from finecut.models.crm import CRM, CRMConfig
 from finecut.refine.api import Refiner, as_mask, as_rgb, load_refiner_model
 from finecut.refine.inference import InferenceConfig
@@ -230,6 +230,20 @@ def test_one_call_refine(tiny_crm_weights: Path) -> None:
     assert isinstance(finecut.Refiner(weights=tiny_crm_weights, device="cpu"), Refiner)
 
 
+def test_refiner_precision(tiny_crm_weights: Path) -> None:
+    """precision picks the encoder's arithmetic; bf16 refines too (the tiny weights give the
+    coarse mask back either way), an unknown name is a clear error."""
+    image, mask = _scene()
+    crm_only = InferenceConfig(snap=False)
+    bf16 = Refiner(weights=tiny_crm_weights, device="cpu", config=crm_only, precision="bf16")
+    assert bf16.precision == "bf16" and bf16._runner.precision == "bf16"
+    np.testing.assert_array_equal(bf16.refine(image, mask), mask)
+    fp32 = Refiner(weights=tiny_crm_weights, device="cpu", precision="fp32")
+    assert fp32._runner.precision == "fp32"
+    with pytest.raises(ConfigError, match="unknown precision 'half'"):
+        Refiner(weights=tiny_crm_weights, device="cpu", precision="half")
+
+
 # ------------------------------------------------------------------------------------ weights
 
 
@@ -309,7 +323,7 @@ def test_a_training_checkpoint_works(tiny_crm_weights: Path, tmp_path: Path) -> 
     save_checkpoint(
         ckpt, {"model": model.state_dict(), "step": 7, "config": {"model": cfg.to_dict()}}
     )
-    refiner = Refiner(weights=ckpt, device="cpu")
+    refiner = Refiner(weights=ckpt, device="cpu", precision="fp32")  # as the model below
     assert refiner.model.config == cfg
     image, mask = _scene()
     from finecut.refine.inference import refine_probability

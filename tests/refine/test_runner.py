@@ -122,3 +122,35 @@ def test_the_inference_path_imports_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+def test_bf16_runner_encodes_in_bfloat16_and_queries_in_float32(model: CRM) -> None:
+    """precision="bf16": the encoder's features are those of the encoder under bfloat16
+    autocast, handed on as float32, and they stay close to float32's (the head is float32)."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mask = (rng.random((64, 96)) > 0.5).astype(np.float32)
+    fp32, bf16 = TorchRunner(model), TorchRunner(model, precision="bf16")
+    feat32, _ = fp32.encode(image, mask)
+    feat16, _ = bf16.encode(image, mask)
+    assert feat16.dtype == torch.float32
+    img = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0)
+    img = img.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model.encode(img, torch.from_numpy(mask)[None, None])
+    assert want.dtype == torch.bfloat16
+    assert torch.equal(feat16, want.float())
+    assert not torch.equal(feat16, feat32)  # it did run in bfloat16
+    scale = float(feat32.abs().max())
+    assert float((feat16 - feat32).abs().max()) < 0.05 * scale
+    coords = (rng.random((200, 2)) * 2.0 - 1.0).astype(np.float32)
+    cell = np.array([2.0 / 64, 2.0 / 96], np.float32)
+    p32 = fp32.query(fp32.encode(image, mask), coords, cell)
+    p16 = bf16.query(bf16.encode(image, mask), coords, cell)
+    assert p16.dtype == np.float32
+    assert np.abs(p16 - p32).max() < 0.05
+
+
+def test_runner_rejects_an_unknown_precision(model: CRM) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        TorchRunner(model, precision="fp16")

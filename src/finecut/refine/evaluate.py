@@ -274,6 +274,7 @@ def evaluate_families(
     threads: int | None = None,
     progress: bool = False,
     cache: Path | None = None,
+    precision: str | None = None,
 ) -> dict[tuple[float, str], list[FamilyResult]]:
     """IoU, mBA and harm share per (scale, family): the coarse input first, then each method.
 
@@ -284,7 +285,7 @@ def evaluate_families(
     coarse-mask seed: the caller's to choose), each CRM probability is stored there as float16
     and read back on a later run, so finishing variants can be added without the CRM's cost;
     the float16 values are used on the first run too, so a rerun gives the same table (the
-    seconds of a cached row leave out the CRM).
+    seconds of a cached row leave out the CRM). ``precision``: the Refiner's (None: its default).
     """
     from dataclasses import replace
 
@@ -301,7 +302,8 @@ def evaluate_families(
     parsed = [(m, *_parse_method(m)) for m in methods]
     refiner = None
     if any(name in ("crm", "finecut") for _, name, _ in parsed):
-        refiner = Refiner(device, weights=weights, threads=threads)
+        given = {} if precision is None else {"precision": precision}
+        refiner = Refiner(device, weights=weights, threads=threads, **given)
     pairs = find_pairs(Path(data), list(stems) if stems else None)
     out: dict[tuple[float, str], list[FamilyResult]] = {}
     for s in scales:

@@ -107,12 +107,13 @@ class InferenceConfig:
             ``snap`` only): where the kept mask still equals the input, the changes of snapping
             alone (the snapping applied to the input mask itself, no CRM) are judged by a keep
             model fitted on such changes (the embedded ``refine_keep_snap``) and taken where its
-            probability is at least this. Negative (the default): off. 0.7 is the setting
-            chosen on training-side images (60 DUTS-TR hold-out images, six families, clean and
+            probability is at least this. Negative: off. 0.7 (the default) was chosen on
+            training-side images (60 DUTS-TR hold-out images, six families, clean and
             video-like, 1x and 2x; docs/benchmarks.md): mean gain over the input +1.60 IoU /
-            +3.08 mBA against +1.55 / +2.86 without it, worst row 5% harmed for both. Off by
-            default because it costs about 1.5 s on a 3492x2328 photo, which took the
-            aeroplane past issue 13's 10 s in 3 of 6 runs.
+            +3.08 mBA against +1.55 / +2.86 without it, worst row 5% harmed for both (with the
+            encoder in bfloat16, the default since the eleventh session: +1.61 / +3.11 against
+            +1.57 / +2.89). It costs about 1.5-1.9 s on a 3492x2328 photo: off by default until
+            the bfloat16 encoder saved about as much (the aeroplane in 7.6-8.0 s with both).
     """
 
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
@@ -139,7 +140,7 @@ class InferenceConfig:
     keep_edge_margin: float = 1.0
     keep_learned: bool = True
     keep_threshold: float = -1.0
-    keep_snap_threshold: float = -1.0
+    keep_snap_threshold: float = 0.7
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
