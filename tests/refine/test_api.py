@@ -226,6 +226,8 @@ def test_one_call_refine(tiny_crm_weights: Path) -> None:
     snapped = finecut.refine(image, mask, weights=tiny_crm_weights, device="cpu")
     assert snapped.shape == mask.shape and set(np.unique(snapped)) <= {0, 255}
     soft = finecut.refine(image, mask, weights=str(tiny_crm_weights), device="cpu", soft=True)
+    bf16 = finecut.refine(image, mask, weights=tiny_crm_weights, device="cpu", precision="bf16")
+    assert bf16.shape == mask.shape and set(np.unique(bf16)) <= {0, 255}
     assert soft.dtype == np.float32
     assert isinstance(finecut.Refiner(weights=tiny_crm_weights, device="cpu"), Refiner)
 

@@ -443,6 +443,8 @@ def refine(
     soft: bool = False,
     weights: str | Path | None = None,
     config: InferenceConfig | None = None,
+    precision: str | None = DEFAULT_PRECISION,
 ) -> np.ndarray:
     """Refine a coarse mask in one call (loads the model; :class:`Refiner` keeps it loaded)."""
-    return Refiner(device, weights=weights, config=config).refine(image, mask, soft=soft)
+    refiner = Refiner(device, weights=weights, config=config, precision=precision)
+    return refiner.refine(image, mask, soft=soft)
