@@ -44,7 +44,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-
 def _add_precision(p) -> None:
     p.add_argument(
         "--precision",
@@ -53,6 +52,7 @@ def _add_precision(p) -> None:
         help="the refiner encoder's arithmetic (default auto: bfloat16 on a CPU with native "
         "bfloat16, e.g. AVX-512 BF16 or AMX, float32 elsewhere)",
     )
+
 
 def _add_refine(sub) -> None:
     p = sub.add_parser(
@@ -282,6 +282,7 @@ def _refiner(args):
             raise ConfigError("--onnx runs in float32: drop --precision")
         return Refiner(onnx=onnx, threads=args.threads, config=config)
     return Refiner(args.device, weights=args.weights, threads=args.threads, config=config, **given)
+
 
 def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
     """Every check the writers would make, before any work (a bad -o fails in milliseconds)."""
