@@ -265,7 +265,7 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
                                   "keep_edge_margin": 2.0}),
         (("--edge-margin", "-1"), {"keep_learned": False, "keep_edges": False}),
         (("--keep-threshold", "0.7"), {"keep_learned": True, "keep_threshold": 0.7,
-                                       "keep_snap_threshold": 0.7}),
+                                       "keep_snap_threshold": -1.0}),
         (("--snap-opinion", "0.8"), {"keep_learned": True, "keep_threshold": -1.0,
                                      "keep_snap_threshold": 0.8}),
         (("--snap-opinion", "-1", "--keep-threshold", "0.9"),

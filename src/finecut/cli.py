@@ -119,19 +119,19 @@ def _add_refine(sub) -> None:
         default=None,
         metavar="T",
         help="do-no-harm by the learned keep model (the default): a changed region is kept when "
-        "the model's probability that the change is right is at least T (default 0.7, chosen "
-        "on training-side images; lower changes more, higher is safer: 0.9 leaves near-perfect "
-        "masks as they are)",
+        "the model's probability that the change is right is at least T (default 0.75, chosen "
+        "on training-side photos and video frames; lower changes more, higher is safer: 0.9 "
+        "leaves near-perfect masks as they are)",
     )
     p.add_argument(
         "--snap-opinion",
         type=_finite_float,
         default=None,
         metavar="T",
-        help="the second opinion after the keep model (on by default, T 0.7, chosen on "
-        "training-side images): where the mask is still the input's, snapping alone's changes "
-        "are taken when a model fitted on them trusts them at T or more; a negative T turns it "
-        "off (about 1.5 s less on a 3492x2328 photo)",
+        help="a second opinion after the keep model (off by default; 0.7 helps photos, chosen "
+        "on training-side photos, but harms more video frames): where the mask is still the "
+        "input's, snapping alone's changes are taken when a model fitted on them trusts them at "
+        "T or more; a negative T turns it off (it costs about 1.5 s on a 3492x2328 photo)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads (torch, or ONNX Runtime with --onnx)"

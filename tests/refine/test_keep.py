@@ -127,7 +127,7 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert manifest["command"].startswith("finecut train keep")
     assert "duts_holdout" in manifest["exclude"]  # the hold-out chose the threshold
     m = default_keep_model()
-    assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.7
+    assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.75
     # the second opinion's model: fitted on snapping alone's changes, the same images
     from finecut.refine.keep import default_snap_keep_model
 
@@ -175,13 +175,14 @@ def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None
     trust_snap = Refiner(
         "cpu", weights=tiny_crm_weights, keep_model=path,
         snap_keep_model=tmp_path / "keep_all.safetensors",
+        config=InferenceConfig(keep_snap_threshold=0.7),
     )  # fmt: skip
     from finecut.refine.api import snap_alone_probability
 
     snapped = snap_alone_probability(photo, coarse, InferenceConfig()) > 0.5
     assert not np.array_equal(snapped, coarse)
     assert np.array_equal(trust_snap.refine(photo, coarse) > 127, snapped)
-    trust_snap.config = InferenceConfig(keep_snap_threshold=-1.0)
+    trust_snap.config = InferenceConfig()  # off by default: the input
     assert np.array_equal(trust_snap.refine(photo, coarse) > 127, coarse)
     with pytest.raises(WeightsError, match="not found"):
         Refiner("cpu", weights=tiny_crm_weights, keep_model=tmp_path / "none.safetensors")
@@ -287,8 +288,8 @@ def test_keep_step_takes_snapping_alone_as_a_second_opinion() -> None:
     photo = _photo()
     coarse = np.roll(_square(), 2, axis=0)
     crm = coarse.astype(np.float32)
-    cfg = InferenceConfig()
-    assert cfg.keep_snap_threshold == 0.7  # on by default
+    cfg = InferenceConfig(keep_snap_threshold=0.7)  # off by default
+    assert InferenceConfig().keep_snap_threshold < 0
     snapped = snap_alone_probability(photo, coarse, cfg)
     # snapping alone is the gate and snapping applied to the input itself, as it was defined
     assert np.array_equal(snapped, gate_and_snap(photo, coarse, crm, cfg))
@@ -299,7 +300,7 @@ def test_keep_step_takes_snapping_alone_as_a_second_opinion() -> None:
     off_cfg = replace(cfg, keep_snap_threshold=-1.0)
     off = keep_step(photo, coarse, crm, crm, off_cfg, trust_all, snap_model=trust_all)
     assert np.array_equal(off > 0.5, coarse)
-    # on (the default, at 0.7): snapping alone's changes, all trusted, fill in where the kept
+    # on (at 0.7): snapping alone's changes, all trusted, fill in where the kept
     # mask left the input (with snapping alone's soft values on the changed pixels; elsewhere
     # the kept mask's)
     assert cfg.keep_snap_threshold == 0.7
