@@ -108,7 +108,7 @@ class InferenceConfig:
             (docs/benchmarks.md, "The keep threshold on both training-side sets"): the DUTS-TR
             hold-out and 139 objects of CamVid's val split (video frames); among the settings
             harming at most 5% of images in every row of both, the largest mean mBA gain:
-            +1.52 IoU / +2.78 mBA on DUTS-TR (worst row 3%), +1.11 / +0.86 on CamVid (worst row
+            +1.52 IoU / +2.78 mBA on DUTS-TR (worst row 3%), +1.10 / +0.85 on CamVid (worst row
             4%). 0.7 harmed up to 7% of the CamVid objects in a row, 9% with the second opinion.
         keep_snap_threshold: a second opinion after the keep step (with ``keep_learned`` and
             ``snap`` only): where the kept mask still equals the input, the changes of snapping
