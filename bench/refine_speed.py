@@ -69,6 +69,7 @@ def _child(args) -> None:
     mode, _, precision = args.mode.partition(":")
     if mode == "full":
         precision = "fp32"  # the reference: CRM's own inference, as it was always measured
+    # only when named: a --compare checkout from before precision existed takes no such argument
     given = {"precision": precision} if precision else {}
     t0 = time.perf_counter()
     refiner = Refiner(args.device, weights=args.weights, **given)

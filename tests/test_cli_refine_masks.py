@@ -326,7 +326,7 @@ def test_bad_keep_flags_are_one_error_line(capsys, tmp_path, flags, message) -> 
 @pytest.mark.parametrize(
     ("command", "flags", "want"),
     [
-        ("refine", (), {}),  # the Refiner's own default
+        ("refine", (), {"precision": None}),  # None: the Refiner's own default
         ("refine", ("--precision", "bf16"), {"precision": "bf16"}),
         ("refine", ("--precision", "fp32"), {"precision": "fp32"}),
         ("refine", ("--precision", "auto"), {"precision": "auto"}),

@@ -268,7 +268,6 @@ def _refiner(args):
             config = InferenceConfig(**{k: v for k, v in given.items() if v is not None})
     # None: the Refiner's own default (refine and refine-coco have --precision)
     precision = getattr(args, "precision", None)
-    given = {} if precision is None else {"precision": precision}
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
     if onnx is not None:
         from finecut.errors import ConfigError
@@ -281,7 +280,9 @@ def _refiner(args):
         if precision not in (None, "auto", "fp32"):
             raise ConfigError("--onnx runs in float32: drop --precision")
         return Refiner(onnx=onnx, threads=args.threads, config=config)
-    return Refiner(args.device, weights=args.weights, threads=args.threads, config=config, **given)
+    return Refiner(
+        args.device, weights=args.weights, threads=args.threads, config=config, precision=precision
+    )
 
 
 def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:

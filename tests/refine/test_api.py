@@ -353,3 +353,14 @@ def test_write_weights_manifest_records_the_sha256(tiny_crm_weights: Path, tmp_p
     assert manifest["sha256"] == sha256_file(tiny_crm_weights)
     path = write_weights({"w": torch.ones(2)}, "x", {"model": "crm"}, directory=tmp_path / "new")
     assert path == tmp_path / "new" / "x.safetensors" and path.with_suffix(".json").is_file()
+
+
+def test_refiner_precision_none_is_the_default(tiny_crm_weights: Path, monkeypatch) -> None:
+    """precision=None (what the CLI passes when --precision is not given) resolves
+    DEFAULT_PRECISION, whatever that is."""
+    import finecut.refine.api as api
+
+    monkeypatch.setattr(api, "DEFAULT_PRECISION", "bf16")
+    assert Refiner(weights=tiny_crm_weights, device="cpu").precision == "bf16"
+    monkeypatch.setattr(api, "DEFAULT_PRECISION", "fp32")
+    assert Refiner(weights=tiny_crm_weights, device="cpu", precision=None).precision == "fp32"

@@ -163,7 +163,8 @@ class Refiner:
         threads: CPU threads of torch, or of ONNX Runtime (None keeps the library's default).
         precision: the CRM encoder's arithmetic on the torch backend: "fp32", "bf16" (bfloat16
             autocast, :class:`~finecut.refine.torch_runner.TorchRunner`) or "auto"
-            (:func:`finecut.devices.resolve_precision`: bf16 on a CPU with native bfloat16).
+            (:func:`finecut.devices.resolve_precision`: bf16 on a CPU with native bfloat16);
+            None takes :data:`DEFAULT_PRECISION`.
         backend: "torch", or "onnxruntime" to run the networks that ``finecut export onnx``
             wrote to the folder ``onnx`` (CPU; torch is not imported). None: "onnxruntime" when
             ``onnx`` is given, else "torch".
@@ -183,7 +184,7 @@ class Refiner:
         weights: str | Path | None = None,
         config: InferenceConfig | None = None,
         threads: int | None = None,
-        precision: str | None = DEFAULT_PRECISION,
+        precision: str | None = None,
         backend: str | None = None,
         onnx: str | Path | None = None,
         keep_model=None,
@@ -230,7 +231,7 @@ class Refiner:
         from finecut.refine.torch_runner import TorchRunner
 
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision or DEFAULT_PRECISION, self.device)
         if threads:
             torch.set_num_threads(threads)
         self.model = load_refiner_model(weights, self.device)
@@ -443,7 +444,7 @@ def refine(
     soft: bool = False,
     weights: str | Path | None = None,
     config: InferenceConfig | None = None,
-    precision: str | None = DEFAULT_PRECISION,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Refine a coarse mask in one call (loads the model; :class:`Refiner` keeps it loaded)."""
     refiner = Refiner(device, weights=weights, config=config, precision=precision)

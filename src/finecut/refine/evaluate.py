@@ -302,8 +302,7 @@ def evaluate_families(
     parsed = [(m, *_parse_method(m)) for m in methods]
     refiner = None
     if any(name in ("crm", "finecut") for _, name, _ in parsed):
-        given = {} if precision is None else {"precision": precision}
-        refiner = Refiner(device, weights=weights, threads=threads, **given)
+        refiner = Refiner(device, weights=weights, threads=threads, precision=precision)
     pairs = find_pairs(Path(data), list(stems) if stems else None)
     out: dict[tuple[float, str], list[FamilyResult]] = {}
     for s in scales:
