@@ -1029,9 +1029,8 @@ def _cmd_train_refine(args) -> int:
 
     if (args.data is None) == (args.mix is None):
         raise ConfigError("give either --data or --mix")
-    sources, mix_opts = (
-        _read_mix(args.mix, RefineSource, ("epoch_size", "max_scale")) if args.mix else ((), {})
-    )
+    mix_keys = ("epoch_size", "max_scale", "native_artefacts")
+    sources, mix_opts = _read_mix(args.mix, RefineSource, mix_keys) if args.mix else ((), {})
     model = CRMConfig()
     if args.latent_channels:
         model = replace(model, latent_channels=args.latent_channels)

@@ -184,3 +184,47 @@ def test_cli_mix_option_of_the_wrong_type_is_one_line(tmp_path: Path, capsys) ->
     assert "max_scale must be a number" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_native_artefacts_blur_and_compress_the_source_before_resizing(tmp_path: Path) -> None:
+    """native_artefacts=1 degrades every item's source image at its own size; 0 (the default)
+    draws nothing extra, so older mixes keep their exact crops and coarse masks."""
+    from finecut.train.refine_data import MixedRefineDataset, RefineSource, native_artefacts
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 32:] = 255
+    out = native_artefacts(image, rng)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    row = out[32].astype(int).mean(axis=1)
+    assert 0 < row[31] < 255 and 0 < row[32] < 255  # the step edge is soft now
+    assert abs(row[:20].mean()) < 8 and abs(row[44:].mean() - 255) < 8  # flat parts stay
+
+    root = _tiny_folder(tmp_path / "data", n=2)
+    sources = [RefineSource("masks", str(root))]
+    plain = MixedRefineDataset(sources, crop=64, epoch_size=6, seed=0)
+    off = MixedRefineDataset(sources, crop=64, epoch_size=6, seed=0, p_native_artefacts=0.0)
+    on = MixedRefineDataset(sources, crop=64, epoch_size=6, seed=0, p_native_artefacts=1.0)
+    on2 = MixedRefineDataset(sources, crop=64, epoch_size=6, seed=0, p_native_artefacts=1.0)
+    for i in range(6):
+        assert all(torch.equal(x, y) for x, y in zip(plain[i], off[i], strict=True))
+        assert all(torch.equal(x, y) for x, y in zip(on[i], on2[i], strict=True))
+    # rough images (the tiny folder's are noise) lose most of their pixel-to-pixel variation
+    tv = lambda t: (t[0][:, :, 1:] - t[0][:, :, :-1]).abs().mean().item()  # noqa: E731
+    assert np.mean([tv(on[i]) for i in range(6)]) < 0.7 * np.mean([tv(off[i]) for i in range(6)])
+
+
+def test_native_artefacts_out_of_range_is_one_config_error(tmp_path: Path) -> None:
+    from finecut.cli import main
+    from finecut.errors import ConfigError
+    from finecut.train.refine import RefineTrainConfig
+    from finecut.train.refine_data import check_mix_options
+
+    check_mix_options(4000, 6.0, 0.35)
+    for bad in (-0.1, 1.5, "some", float("nan"), True):
+        with pytest.raises(ConfigError, match="native_artefacts"):
+            RefineTrainConfig(native_artefacts=bad)
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"sources:\n  - {{kind: masks, path: {tmp_path}}}\nnative_artefacts: 2\n")
+    assert main(["train", "refine", "--mix", str(mix), "--out", str(tmp_path / "run")]) != 0
+    assert not (tmp_path / "run").exists()

@@ -77,9 +77,12 @@ class RefineTrainConfig:
     sources: tuple[RefineSource, ...] = ()
     epoch_size: int = 4000
     max_scale: float = 6.0
+    # share of mixed items whose whole source image is blurred and JPEG-compressed at its own
+    # size before resizing (video-like artefacts that upsampling then widens)
+    native_artefacts: float = 0.0
 
     def __post_init__(self) -> None:
-        check_mix_options(self.epoch_size, self.max_scale)
+        check_mix_options(self.epoch_size, self.max_scale, self.native_artefacts)
 
 
 def _make_loader(
@@ -132,6 +135,7 @@ def train_refine(cfg: RefineTrainConfig, *, progress: bool = False) -> Path:
             crop=cfg.crop,
             epoch_size=cfg.epoch_size,
             max_scale=cfg.max_scale,
+            p_native_artefacts=cfg.native_artefacts,
             seed=cfg.seed,
         )
     else:

@@ -18,7 +18,13 @@ from finecut.errors import ConfigError
 from finecut.refine.perturb import PerturbConfig, perturb_mask
 from finecut.train.embedding_data import is_number, mask_items
 
-__all__ = ["MaskPairDataset", "MixedRefineDataset", "RefineSource", "check_mix_options"]
+__all__ = [
+    "MaskPairDataset",
+    "MixedRefineDataset",
+    "RefineSource",
+    "check_mix_options",
+    "native_artefacts",
+]
 
 
 class MaskPairDataset(Dataset):
@@ -182,7 +188,18 @@ def _scaled_region(
     return img, np.clip(g, 0.0, 1.0)
 
 
-def check_mix_options(epoch_size: int, max_scale: float) -> None:
+def native_artefacts(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A video frame's or a small JPEG's artefacts, at the image's own size: a Gaussian blur of
+    sigma U(0.5, 1.5) px, then JPEG at quality 25-80 (uint8 RGB in, uint8 RGB out)."""
+    sigma = rng.uniform(0.5, 1.5)
+    out = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    quality = int(rng.integers(25, 81))
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(out[..., ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else out
+
+
+def check_mix_options(epoch_size: int, max_scale: float, native_artefacts: float = 0.0) -> None:
     """Refuse a mix's ``epoch_size`` or ``max_scale`` that cannot work (:class:`MixedRefineDataset`;
     the twin of :func:`finecut.train.embedding_data.check_paste`): the upscale factors are drawn
     log-uniform in [1.5, ``max_scale``], and past 64 a 400 px source would be resized to 25,600 px
@@ -191,6 +208,8 @@ def check_mix_options(epoch_size: int, max_scale: float) -> None:
         raise ConfigError(f"epoch_size must be a whole number >= 1, got {epoch_size!r}")
     if not is_number(max_scale) or not 1.5 <= max_scale <= 64:  # also refuses NaN
         raise ConfigError(f"max_scale must be a number in [1.5, 64], got {max_scale!r}")
+    if not is_number(native_artefacts) or not 0.0 <= native_artefacts <= 1.0:
+        raise ConfigError(f"native_artefacts must be a number in [0, 1], got {native_artefacts!r}")
 
 
 class MixedRefineDataset(Dataset):
@@ -203,7 +222,10 @@ class MixedRefineDataset(Dataset):
     (with probability ``p_boundary``) in the resized image, a coarse mask drawn by
     :func:`finecut.train.coarse.sample_coarse` on the crop and a margin around it (its errors
     scale with the upsampling), then blur and JPEG compression of the photo (the artefacts of
-    upsampled and compressed photos). Targets keep the sources' soft edges.
+    upsampled and compressed photos). With probability ``p_native_artefacts`` the whole source
+    image is first blurred and JPEG-compressed at its own size, before any resizing: the soft,
+    blocky edges of a video frame or a small JPEG that a user upsamples (DAVIS at 2x and 4x), which
+    artefacts added after the upscale do not show. Targets keep the sources' soft edges.
 
     Deterministic given (seed, epoch, index); :meth:`set_epoch` draws new items. ``len`` is
     ``epoch_size`` (the sources are sampled, not enumerated).
@@ -224,14 +246,16 @@ class MixedRefineDataset(Dataset):
         margin: int = 48,
         p_blur: float = 0.25,
         p_jpeg: float = 0.4,
+        p_native_artefacts: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not sources:
             raise ConfigError("no training sources given")
-        check_mix_options(epoch_size, max_scale)
+        check_mix_options(epoch_size, max_scale, p_native_artefacts)
         self.crop, self.epoch_size, self.max_scale = crop, epoch_size, max_scale
         self.p_upscale, self.p_boundary, self.margin = p_upscale, p_boundary, margin
         self.p_blur, self.p_jpeg = p_blur, p_jpeg
+        self.p_native_artefacts = p_native_artefacts
         self.seed, self.epoch = seed, 0
         self.items: list[list] = []
         for src in sources:
@@ -281,6 +305,9 @@ class MixedRefineDataset(Dataset):
         source = int(rng.choice(len(self.items), p=self.weights))
         items = self.items[source]
         image, gt = self._load(source, items[int(rng.integers(len(items)))])
+        # no draw when off, so mixes without it keep their crops and coarse masks
+        if self.p_native_artefacts > 0 and rng.random() < self.p_native_artefacts:
+            image = native_artefacts(image, rng)
         s_crop, h, w = self.crop, *gt.shape
         if rng.random() < self.p_upscale:
             scale = math.exp(rng.uniform(math.log(1.5), math.log(self.max_scale)))
