@@ -200,7 +200,8 @@ def native_artefacts(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def check_mix_options(epoch_size: int, max_scale: float, native_artefacts: float = 0.0) -> None:
-    """Refuse a mix's ``epoch_size`` or ``max_scale`` that cannot work (:class:`MixedRefineDataset`;
+    """Refuse a mix's ``epoch_size``, ``max_scale`` or ``native_artefacts`` (a share in [0, 1])
+    that cannot work (:class:`MixedRefineDataset`;
     the twin of :func:`finecut.train.embedding_data.check_paste`): the upscale factors are drawn
     log-uniform in [1.5, ``max_scale``], and past 64 a 400 px source would be resized to 25,600 px
     and more, which only runs out of memory."""
