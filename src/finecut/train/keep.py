@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from finecut.refine.keep import FEATURES, KeepModel, region_features
+from finecut.train.refine_data import jpeg_roundtrip
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ def degrade_photo(image: np.ndarray, condition: str) -> np.ndarray:
     if condition == "clean":
         return image
     if condition == "video":
-        img = cv2.GaussianBlur(image, (0, 0), 1.2)
-        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 40])
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+        return jpeg_roundtrip(cv2.GaussianBlur(image, (0, 0), 1.2), 40)
     raise ValueError(f"unknown photo condition {condition!r}; choose clean or video")
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "MixedRefineDataset",
     "RefineSource",
     "check_mix_options",
+    "jpeg_roundtrip",
     "native_artefacts",
 ]
 
@@ -188,15 +189,20 @@ def _scaled_region(
     return img, np.clip(g, 0.0, 1.0)
 
 
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """An RGB uint8 image through JPEG at ``quality`` and back (a contiguous copy); the image
+    itself if OpenCV cannot encode it."""
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]) if ok else image
+
+
 def native_artefacts(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A video frame's or a small JPEG's artefacts, at the image's own size: a Gaussian blur of
     sigma U(0.5, 1.5) px, then JPEG at quality 25-80 (uint8 RGB in, uint8 RGB out)."""
     sigma = rng.uniform(0.5, 1.5)
     out = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    quality = int(rng.integers(25, 81))
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(out[..., ::-1]),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else out
+    return jpeg_roundtrip(out, int(rng.integers(25, 81)))
 
 
 def check_mix_options(epoch_size: int, max_scale: float, native_artefacts: float = 0.0) -> None:
@@ -345,10 +351,7 @@ class MixedRefineDataset(Dataset):
             sigma = rng.uniform(0.3, 1.2)
             img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
         if rng.random() < self.p_jpeg:
-            quality = int(rng.integers(30, 96))
-            ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+            img = jpeg_roundtrip(img, int(rng.integers(30, 96)))
         to_t = torch.from_numpy
         return (
             to_t(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) / 255.0),
