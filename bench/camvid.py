@@ -129,6 +129,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lambda of SparseMask's sparsity loss in the search run (default: the config's, "
         "the paper's 0.01; a short schedule needs more for the weights to reach 0 or 2)",
     )  # fmt: skip
+    p.add_argument(
+        "--loss", choices=("ce", "mfb", "ohem"), default=None,
+        help="task loss of every run (default: the configs', plain cross-entropy; mfb: weighted "
+        "by median frequency balancing, as the shipped segmenter_camvid was trained)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=2, help="untimed forward passes before timing")
     p.add_argument("--speed-runs", type=int, default=5, help="timed forward passes (median)")
     p.add_argument(
@@ -205,6 +210,7 @@ def _overrides(args: argparse.Namespace, folder: str) -> dict:
         "threads": args.train_threads,
         "workers": args.workers,
         "ckpt_every": args.ckpt_every,
+        "loss": args.loss,
     }
 
 
@@ -435,6 +441,8 @@ def _settings(args: argparse.Namespace, row: Row) -> dict:
         "warmup": args.warmup,
         "speed_runs": args.speed_runs,
         **({"sparse_weight": args.sparse_weight} if row.config is None else {}),
+        # only when given, so that the results of runs made before the option still count
+        **({"loss": args.loss} if args.loss is not None else {}),
     }
 
 
