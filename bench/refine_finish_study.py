@@ -31,22 +31,107 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_case_arguments(p: argparse.ArgumentParser, families: str, precision: str) -> None:
+    """The options that pick the cases, the CRM and its cache (shared with
+    ``bench/refine_keep_oracle.py``)."""
     p.add_argument("--data", default=str(HERE.parent / ".." / "data" / "duts"))
     p.add_argument("--stems", default="@" + str(HERE.parent / "configs/refine/duts_holdout.txt"))
     p.add_argument("--every", type=int, default=15)
-    p.add_argument("--families", default="lowres,sam,polygon,perturb,identity")
+    p.add_argument("--families", default=families)
     p.add_argument("--scales", default="1,2")
     p.add_argument("--conditions", default="clean,video")
-    p.add_argument("--variants", default="default")
     p.add_argument("--weights", default=None)
     p.add_argument(
-        "--precision", default="fp32", choices=("fp32", "bf16"),
+        "--precision", default=precision, choices=("fp32", "bf16"),
         help="the CRM encoder's arithmetic (its CRM outputs are cached apart)",
     )  # fmt: skip
+    p.add_argument("--cache", default=str(HERE.parent / ".." / "data" / "finish_cache"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def study_cases(args: argparse.Namespace, refiner):
+    """Every case of ``args``: yields ``(stem, condition, family, scale, image, gt, coarse, case,
+    crm)``, ``case`` the path stem of its cache files, ``crm`` its cached CRM probability. A
+    line of progress is printed after each image."""
+    from finecut.data.folders import find_pairs, parse_stems
+    from finecut.data.io import read_image, read_mask
+    from finecut.refine.evaluate import cached_float16, upsample_case
+    from finecut.train.coarse import seeded_coarse
+    from finecut.train.keep import degrade_photo
+
+    pairs = find_pairs(Path(args.data), parse_stems(args.stems)[:: args.every])
+    scales = [float(s) for s in args.scales.split(",")]
+    tag = hashlib.sha256(
+        Path(args.weights).read_bytes() if args.weights else b"embedded"
+    ).hexdigest()[:10]
+    cache = Path(args.cache) / (tag if args.precision == "fp32" else f"{tag}_{args.precision}")
+    cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for n, (img_path, gt_path) in enumerate(pairs):
+        image0 = read_image(img_path)
+        gt0 = read_mask(gt_path, shape=image0.shape[:2], image_path=img_path) > 127
+        for cond in args.conditions.split(","):
+            photo0 = degrade_photo(image0, cond)
+            for fam in args.families.split(","):
+                coarse0 = seeded_coarse(gt0, img_path.stem, fam, args.seed)
+                for s in scales:
+                    image, gt, coarse = upsample_case(photo0, gt0, coarse0, s)
+                    # the CRM and the snapping are the slow parts: both cached as float16
+                    case = cache / f"{img_path.stem}_{cond}_{fam}_{s:g}"
+                    crm = cached_float16(
+                        case.with_name(case.name + ".npy"), refiner._crm_probability, image, coarse,
+                        refiner.config,
+                    )  # fmt: skip
+                    yield img_path.stem, cond, fam, s, image, gt, coarse, case, crm
+        print(
+            f"[{n + 1}/{len(pairs)}] {img_path.stem} {time.perf_counter() - t0:.0f} s", flush=True
+        )
+    print()
+    print(
+        f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
+        f"{args.weights or 'embedded'}, encoder {args.precision}"
+    )
+
+
+def print_rows(rows: dict, names: list[str]) -> None:
+    """The table of ``rows`` ((condition, scale, family) -> name -> [(iou, mba)], ``names[0]``
+    the coarse input): IoU / mBA (harmed %) per row, then each name's mean gains over the input
+    and its worst and mean harmed shares."""
+    from finecut.refine.evaluate import HARM_MARGIN
+
+    print("| condition | scale | family | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---:|" * len(names))
+    summary = {k: [] for k in names}
+    for (cond, s, fam), cell in rows.items():
+        base = np.array(cell[names[0]])
+        out = []
+        for name in names:
+            v = np.array(cell[name])
+            harm = float(np.mean(v[:, 0] < base[:, 0] - HARM_MARGIN))
+            gain = v.mean(axis=0) - base.mean(axis=0)
+            summary[name].append((gain[0], gain[1], harm))
+            out.append(
+                f"{100 * v[:, 0].mean():.2f} / {100 * v[:, 1].mean():.2f} ({100 * harm:.0f})"
+            )
+        print(f"| {cond} | {s:g}x | {fam} | " + " | ".join(out) + " |")
+    print()
+    for name in names:
+        a = np.array(summary[name])
+        print(
+            f"{name}: mean IoU gain {100 * a[:, 0].mean():+.2f}, mBA gain "
+            f"{100 * a[:, 1].mean():+.2f}, worst harm {100 * a[:, 2].max():.0f}%, "
+            f"mean harm {100 * a[:, 2].mean():.1f}%"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_case_arguments(p, "lowres,sam,polygon,perturb,identity", "fp32")
+    p.add_argument("--variants", default="default")
     p.add_argument(
-        "--keep-model", default=None,
+        "--keep-model",
+        default=None,
         help="the keep model of keep_learned variants (default: the embedded refine_keep)",
     )
     p.add_argument(
@@ -54,24 +139,13 @@ def main() -> None:
         help="the keep model judging snapping alone's changes (keep_snap_threshold variants; "
         "default: the embedded refine_keep_snap)",
     )  # fmt: skip
-    p.add_argument("--cache", default=str(HERE.parent / ".." / "data" / "finish_cache"))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
     import torch
 
-    from finecut.data.folders import find_pairs, parse_stems
-    from finecut.data.io import read_image, read_mask
     from finecut.metrics import iou, mba
     from finecut.refine.api import Refiner, gate_and_snap, keep_step, without_keep
-    from finecut.refine.evaluate import (
-        HARM_MARGIN,
-        _parse_method,
-        cached_float16,
-        snap_alone,
-        upsample_case,
-    )
+    from finecut.refine.evaluate import _parse_method, cached_float16, snap_alone
     from finecut.refine.keep import (
         default_keep_model,
         default_snap_keep_model,
@@ -81,21 +155,9 @@ def main() -> None:
         second_opinion,
         undo_regions,
     )
-    from finecut.train.coarse import seeded_coarse
-    from finecut.train.keep import degrade_photo
 
     torch.set_num_threads(args.threads)
-    stems = parse_stems(args.stems)[:: args.every]
-    pairs = find_pairs(Path(args.data), stems)
-    families = args.families.split(",")
-    scales = [float(s) for s in args.scales.split(",")]
-    conditions = args.conditions.split(",")
     variants = args.variants.split(",")
-    tag = hashlib.sha256(
-        Path(args.weights).read_bytes() if args.weights else b"embedded"
-    ).hexdigest()[:10]
-    cache = Path(args.cache) / (tag if args.precision == "fp32" else f"{tag}_{args.precision}")
-    cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads, precision=args.precision)
     keep_model = load_keep_model(args.keep_model) if args.keep_model else default_keep_model()
     snap_model = (
@@ -117,103 +179,56 @@ def main() -> None:
         base, overrides = _parse_method(f"{base}:{opts}" if opts else base)
         methods[name] = (base, replace(refiner.config, **overrides))
     rows = {}  # (cond, scale, fam) -> name -> list of (iou, mba)
-    t0 = time.perf_counter()
-    for n, (img_path, gt_path) in enumerate(pairs):
-        image0 = read_image(img_path)
-        gt0 = read_mask(gt_path, shape=image0.shape[:2], image_path=img_path) > 127
-        for cond in conditions:
-            photo0 = degrade_photo(image0, cond)
-            for fam in families:
-                coarse0 = seeded_coarse(gt0, img_path.stem, fam, args.seed)
-                for s in scales:
-                    image, gt, coarse = upsample_case(photo0, gt0, coarse0, s)
-                    # the CRM and the snapping are the slow parts: both cached as float16
-                    case = cache / f"{img_path.stem}_{cond}_{fam}_{s:g}"
-                    crm = cached_float16(
-                        case.with_name(case.name + ".npy"), refiner._crm_probability, image, coarse,
-                        refiner.config,
-                    )  # fmt: skip
-                    cell = rows.setdefault((cond, s, fam), {k: [] for k in names})
-                    finished = {}
-                    for name in names:
-                        if name == "coarse":
-                            pred = coarse
-                        else:
-                            base, cfg = methods[name]
-                            if base == "crm":
-                                pred = crm > 0.5
-                            elif base == "snap":
-                                pred = case_snap(finished, case, image, coarse) > 0.5
-                            else:
-                                # variants that differ only in the keep step share the rest
-                                plain = without_keep(cfg)
-                                if plain not in finished:
-                                    key = hashlib.sha256(repr(plain).encode()).hexdigest()[:8]
-                                    path = case.with_name(f"{case.name}_finish{key}.npy")
-                                    finished[plain] = cached_float16(
-                                        path, gate_and_snap, image, coarse, crm, plain
-                                    )
-                                prob = finished[plain]
-                                if cfg.keep_learned:
-                                    # thresholds of one model share its region probabilities
-                                    if ("keep", plain) not in finished:
-                                        finished[("keep", plain)] = keep_probabilities(
-                                            image, coarse, prob, crm, keep_model
-                                        )
-                                    box, labels, pk = finished[("keep", plain)]
-                                    t = cfg.keep_threshold
-                                    t = t if t >= 0 else keep_model.threshold
-                                    prob = undo_regions(prob, coarse, box, labels, pk, t)
-                                    if cfg.keep_snap_threshold >= 0:
-                                        # snapping alone's changes where the kept mask left the
-                                        # input, judged once per kept mask
-                                        snapped = case_snap(finished, case, image, coarse)
-                                        key = ("snapkeep", plain, t)
-                                        if key not in finished:
-                                            residual = left_to_input(prob, coarse, snapped)
-                                            finished[key] = keep_probabilities(
-                                                image, coarse, residual, crm, snap_model
-                                            )
-                                        prob = second_opinion(
-                                            prob, coarse, snapped, *finished[key],
-                                            cfg.keep_snap_threshold,
-                                        )  # fmt: skip
-                                else:
-                                    prob = keep_step(image, coarse, prob, crm, cfg)
-                                pred = prob > 0.5
-                        cell[name].append((iou(pred, gt), mba(pred, gt)))
-        print(
-            f"[{n + 1}/{len(pairs)}] {img_path.stem} {time.perf_counter() - t0:.0f} s", flush=True
-        )
-
-    print()
-    print(
-        f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
-        f"{args.weights or 'embedded'}, encoder {args.precision}"
-    )
-    print("| condition | scale | family | " + " | ".join(names) + " |")
-    print("|---|---|---|" + "---:|" * len(names))
-    summary = {k: [] for k in names}
-    for (cond, s, fam), cell in rows.items():
-        base = np.array(cell["coarse"])
-        out = []
+    for _, cond, fam, s, image, gt, coarse, case, crm in study_cases(args, refiner):
+        cell = rows.setdefault((cond, s, fam), {k: [] for k in names})
+        finished = {}
         for name in names:
-            v = np.array(cell[name])
-            harm = float(np.mean(v[:, 0] < base[:, 0] - HARM_MARGIN))
-            gain = v.mean(axis=0) - base.mean(axis=0)
-            summary[name].append((gain[0], gain[1], harm))
-            out.append(
-                f"{100 * v[:, 0].mean():.2f} / {100 * v[:, 1].mean():.2f} ({100 * harm:.0f})"
-            )
-        print(f"| {cond} | {s:g}x | {fam} | " + " | ".join(out) + " |")
-    print()
-    for name in names:
-        a = np.array(summary[name])
-        print(
-            f"{name}: mean IoU gain {100 * a[:, 0].mean():+.2f}, mBA gain "
-            f"{100 * a[:, 1].mean():+.2f}, worst harm {100 * a[:, 2].max():.0f}%, "
-            f"mean harm {100 * a[:, 2].mean():.1f}%"
-        )
+            if name == "coarse":
+                pred = coarse
+            else:
+                base, cfg = methods[name]
+                if base == "crm":
+                    pred = crm > 0.5
+                elif base == "snap":
+                    pred = case_snap(finished, case, image, coarse) > 0.5
+                else:
+                    # variants that differ only in the keep step share the rest
+                    plain = without_keep(cfg)
+                    if plain not in finished:
+                        key = hashlib.sha256(repr(plain).encode()).hexdigest()[:8]
+                        path = case.with_name(f"{case.name}_finish{key}.npy")
+                        finished[plain] = cached_float16(
+                            path, gate_and_snap, image, coarse, crm, plain
+                        )
+                    prob = finished[plain]
+                    if cfg.keep_learned:
+                        # thresholds of one model share its region probabilities
+                        if ("keep", plain) not in finished:
+                            finished[("keep", plain)] = keep_probabilities(
+                                image, coarse, prob, crm, keep_model
+                            )
+                        box, labels, pk = finished[("keep", plain)]
+                        t = cfg.keep_threshold
+                        t = t if t >= 0 else keep_model.threshold
+                        prob = undo_regions(prob, coarse, box, labels, pk, t)
+                        if cfg.keep_snap_threshold >= 0:
+                            # snapping alone's changes where the kept mask left the input,
+                            # judged once per kept mask
+                            snapped = case_snap(finished, case, image, coarse)
+                            key = ("snapkeep", plain, t)
+                            if key not in finished:
+                                residual = left_to_input(prob, coarse, snapped)
+                                finished[key] = keep_probabilities(
+                                    image, coarse, residual, crm, snap_model
+                                )
+                            prob = second_opinion(
+                                prob, coarse, snapped, *finished[key], cfg.keep_snap_threshold
+                            )
+                    else:
+                        prob = keep_step(image, coarse, prob, crm, cfg)
+                    pred = prob > 0.5
+            cell[name].append((iou(pred, gt), mba(pred, gt)))
+    print_rows(rows, names)
 
 
 if __name__ == "__main__":
