@@ -513,7 +513,8 @@ def notes(results: list[dict], args: argparse.Namespace, train_images: int) -> l
         f"- schedule of every run: {args.iters} iterations x batch {args.batch_size}, crops "
         f"{args.crop[0]}x{args.crop[1]}, seed {args.seed} = {epochs:.1f} epochs of the "
         f"{train_images} training images; encoder "
-        f"{'ImageNet weights' if args.pretrained else 'randomly initialised'}",
+        f"{'ImageNet weights' if args.pretrained else 'randomly initialised'}; loss "
+        f"{args.loss or 'ce, the configs default'}",
         f"- images/s: CPU, batch 1, eval mode, {args.threads} torch thread(s), median of "
         f"{args.speed_runs} after {args.warmup} warm-up pass(es); training seconds: wall time "
         "of train_segment (final val pass included)",
