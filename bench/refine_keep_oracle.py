@@ -64,15 +64,9 @@ def main() -> None:
     import torch
 
     from finecut.metrics import iou, mba
-    from finecut.refine.api import Refiner, gate_and_snap, without_keep
+    from finecut.refine.api import Refiner, gate_and_snap, keep_step, without_keep
     from finecut.refine.evaluate import cached_float16, snap_alone
-    from finecut.refine.keep import (
-        default_keep_model,
-        keep_probabilities,
-        left_to_input,
-        tile_pixels,
-        undo_regions,
-    )
+    from finecut.refine.keep import default_keep_model, left_to_input, tile_pixels
 
     torch.set_num_threads(args.threads)
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads, precision=args.precision)
@@ -89,8 +83,7 @@ def main() -> None:
             plain,
         )  # fmt: skip
         snap = cached_float16(case.with_name(case.name + "_snap.npy"), snap_alone, image, coarse)
-        box, labels, pk = keep_probabilities(image, coarse, finish, crm, model)
-        default = undo_regions(finish, coarse, box, labels, pk, threshold)
+        default = keep_step(image, coarse, finish, crm, cfg, model)  # the default's own keep step
         tile = tile_pixels(model.tile, coarse.shape)
         oracle = oracle_keep(finish, coarse, gt, tile)
         residual = oracle_keep(left_to_input(oracle, coarse, snap), coarse, gt, tile)
