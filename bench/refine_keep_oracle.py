@@ -101,4 +101,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from finecut.errors import FinecutError
+
+    try:
+        main()
+    except FinecutError as exc:  # a data folder without images/ and masks/, unreadable weights
+        raise SystemExit(f"error: {exc}") from None
