@@ -960,7 +960,8 @@ def _add_train(sub) -> None:
         help="train the refiner's keep model (which changed regions to trust) on training images",
         description="Refine coarse masks of every family made from the ground truth of a folder "
         "with images/ and masks/ (one scale and photo condition drawn per image), and fit the "
-        "logistic keep model on the changed regions. Writes OUT.safetensors and OUT.json.",
+        "keep model (logistic, or gradient-boosted trees with --form trees) on the changed "
+        "regions. Writes OUT.safetensors and OUT.json.",
     )
     k.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/")
     k.add_argument("--exclude", type=Path, default=None, help="a file of stems to leave out")
@@ -976,6 +977,11 @@ def _add_train(sub) -> None:
         "--candidate", default="finecut",
         help="finecut or snap: whose changes to judge: the refiner's (the keep model) or "
         "snapping alone's (the model of the second opinion)",
+    )  # fmt: skip
+    k.add_argument(
+        "--form", default="logistic",
+        help="logistic (L2-regularised logistic regression) or trees (gradient-boosted trees; "
+        "fitting them needs scikit-learn: pip install 'finecut[train]')",
     )  # fmt: skip
     k.add_argument("--weights", default=None, help="refiner weights (default: embedded)")
     k.add_argument("--cache", type=Path, default=None, help="folder caching CRM probabilities")
@@ -1091,7 +1097,7 @@ def _cmd_train_embedding(args) -> int:
 def _cmd_train_keep(args) -> int:
     from finecut.errors import ConfigError
     from finecut.refine.api import Refiner
-    from finecut.train.keep import CANDIDATES, KeepTrainConfig, keep_output, train_keep
+    from finecut.train.keep import CANDIDATES, FORMS, KeepTrainConfig, keep_output, train_keep
 
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), not {args.threshold}")
@@ -1105,9 +1111,19 @@ def _cmd_train_keep(args) -> int:
         raise ConfigError(f"--exclude {str(args.exclude)!r} is not a file")
     if args.candidate not in CANDIDATES:
         raise ConfigError(f"--candidate must be {' or '.join(CANDIDATES)}, not {args.candidate!r}")
+    if args.form not in FORMS:
+        raise ConfigError(f"--form must be {' or '.join(FORMS)}, not {args.form!r}")
+    if args.form == "trees":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--form trees needs scikit-learn: pip install 'finecut[train]'"
+            ) from None
     cfg = KeepTrainConfig(
-        images=args.images, seed=args.seed, l2=args.l2, tile=args.tile, candidate=args.candidate
-    )
+        images=args.images, seed=args.seed, l2=args.l2, tile=args.tile,
+        candidate=args.candidate, form=args.form,
+    )  # fmt: skip
     # float32: the shipped keep models were fitted on float32 CRM outputs, and their recorded
     # commands must give the same files on any CPU
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads, precision="fp32")

@@ -11,6 +11,7 @@ from finecut.errors import WeightsError
 from finecut.refine.keep import (
     FEATURES,
     KeepModel,
+    KeepTrees,
     apply_keep,
     load_keep_model,
     region_features,
@@ -115,6 +116,80 @@ def test_bad_model_files_are_weights_errors(tmp_path) -> None:
     _model(0.0).save(good)
     with pytest.raises(WeightsError, match="corrupt"):
         load_keep_model(good, expected_sha256="0" * 64)
+
+
+def _trees() -> KeepTrees:
+    """Two hand-made trees. Tree 0: x0 <= 1 ? (x3 <= 0 ? -1 : +2) : +0.5 (node 1 is the inner
+    node; NaN in x0 goes right). Tree 1: a single split x15 <= 0.25 ? -0.25 : +0.75, padded
+    with leaves to tree 0's five nodes."""
+    feature = np.array([[0, 3, 0, 0, 0], [15, 0, 0, 0, 0]])
+    split = np.array([[1.0, 0.0, 0, 0, 0], [0.25, 0, 0, 0, 0]])
+    left = np.array([[1, 3, 0, 0, 0], [1, 0, 0, 0, 0]])
+    right = np.array([[2, 4, 0, 0, 0], [2, 0, 0, 0, 0]])
+    value = np.array([[0, 0, 0.5, -1.0, 2.0], [0, -0.25, 0.75, 0, 0]])
+    is_leaf = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], bool)
+    missing_left = np.zeros((2, 5), bool)
+    return KeepTrees(feature, split, left, right, value, is_leaf, missing_left, 0.1, 0.5)
+
+
+def test_trees_give_the_hand_computed_sum() -> None:
+    x = np.zeros((4, len(FEATURES)))
+    x[0, [0, 3, 15]] = [0.5, -1.0, 0.0]  # -1 - 0.25
+    x[1, [0, 3, 15]] = [1.0, 0.5, 1.0]  # 1 <= 1 goes left: +2 + 0.75
+    x[2, [0, 3, 15]] = [3.0, -9.0, 0.25]  # +0.5 - 0.25
+    x[3, [0, 15]] = [np.nan, 0.3]  # NaN goes right: +0.5 + 0.75
+    raw = _trees().raw(x)
+    assert np.allclose(raw, 0.1 + np.array([-1.25, 2.75, 0.25, 1.25]))
+    assert np.allclose(_trees().probability(x), 1 / (1 + np.exp(-raw)))
+    assert _trees().raw(np.zeros((0, len(FEATURES)))).shape == (0,)
+
+
+def test_trees_round_trip_and_bad_tree_files(tmp_path) -> None:
+    path = tmp_path / "trees.safetensors"
+    replace(_trees(), threshold=0.7, tile=0.05).save(path)
+    back = load_keep_model(path)
+    assert isinstance(back, KeepTrees) and (back.threshold, back.tile) == (0.7, 0.05)
+    x = np.random.default_rng(0).normal(size=(50, len(FEATURES)))
+    assert np.array_equal(back.probability(x), _trees().probability(x))
+
+    def bad(name: str, **changes) -> None:
+        p = tmp_path / f"{name}.safetensors"
+        replace(_trees(), **changes).save(p)
+        with pytest.raises(WeightsError, match="malformed|shape|integers"):
+            load_keep_model(p)
+
+    t = _trees()
+    loop = t.left.copy()
+    loop[0, 1] = 0  # a child that points back to the root: a walk that never ends
+    bad("loop", left=loop)
+    far = t.right.copy()
+    far[1, 0] = 99  # past the end of the arrays
+    bad("far", right=far)
+    feat = t.feature.copy()
+    feat[0, 0] = len(FEATURES)  # no such feature
+    bad("feature", feature=feat)
+    bad("shape", value=t.value[:, :4])
+    bad("nan", value=np.where(t.is_leaf, np.nan, 0.0))
+
+
+def test_trees_match_scikit_learn() -> None:
+    # the exported trees give scikit-learn's own probabilities, NaN features included
+    pytest.importorskip("sklearn")
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from finecut.train.keep import trees_from_sklearn
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, len(FEATURES)))
+    y = ((x[:, 0] * x[:, 1] > 0) ^ (rng.random(3000) < 0.1)).astype(int)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    clf = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=9, random_state=0)
+    clf.fit(x, y)
+    trees = trees_from_sklearn(clf, 0.6)
+    test = rng.normal(size=(500, len(FEATURES)))
+    test[rng.random(test.shape) < 0.05] = np.nan
+    assert np.allclose(trees.probability(test), clf.predict_proba(test)[:, 1], atol=1e-12)
+    assert trees.threshold == 0.6
 
 
 def test_the_embedded_model_loads_with_its_recorded_sha() -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from finecut.cli import main
-from finecut.refine.keep import FEATURES, load_keep_model
-from finecut.train.keep import degrade_photo, fit_keep, region_accuracy
+from finecut.refine.keep import FEATURES, KeepTrees, load_keep_model
+from finecut.train.keep import degrade_photo, fit_keep, fit_keep_trees, region_accuracy
 
 
 def test_fit_recovers_a_linear_rule() -> None:
@@ -27,6 +28,20 @@ def test_fit_recovers_a_linear_rule() -> None:
     assert w @ expect / np.linalg.norm(expect) > 0.99
     acc = region_accuracy(model, {"x": x, "y": y, "w": np.ones(len(y))})
     assert acc["weighted_accuracy"] > 0.93 and acc["regions"] == 4000
+
+
+def test_trees_learn_a_rule_no_logistic_model_can() -> None:
+    # keep exactly where x0 and x1 share a sign (an XOR of signs): no linear rule beats a coin
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, len(FEATURES)))
+    y = (x[:, 0] * x[:, 1] > 0).astype(float)
+    w = np.ones(len(y))
+    test = {"x": x[4000:], "y": y[4000:], "w": w[4000:]}
+    trees = fit_keep_trees(x[:4000], y[:4000], w[:4000], threshold=0.5)
+    assert region_accuracy(trees, test)["weighted_accuracy"] > 0.9
+    linear = fit_keep(x[:4000], y[:4000], w[:4000])
+    assert region_accuracy(linear, test)["weighted_accuracy"] < 0.6
 
 
 def test_weights_count_in_the_fit() -> None:
@@ -91,6 +106,15 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
     assert tiled["train_config"]["tile"] == 0.05
     assert tiled["fit"]["regions"] > manifest["fit"]["regions"]
     assert load_keep_model(str(out) + "_t0.05.safetensors").tile == 0.05
+    # --form trees fits gradient-boosted trees on the same (cached) regions; the file loads as
+    # trees and the manifest records the form
+    if importlib.util.find_spec("sklearn") is not None:
+        assert train("_trees", "--form", "trees") == 0
+        trees = json.loads((tmp_path / "keep" / "model_trees.json").read_text())
+        assert trees["train_config"]["form"] == "trees"
+        assert trees["fit"]["regions"] == manifest["fit"]["regions"]
+        fitted = load_keep_model(str(out) + "_trees.safetensors", trees["sha256"])
+        assert isinstance(fitted, KeepTrees)
     # --candidate snap judges snapping alone's changes where the keep step left the input:
     # other regions (snapping alone cached apart), and the manifest says so
     assert train("_snap", "--candidate", "snap") == 0
@@ -114,6 +138,7 @@ def test_cli_train_keep_writes_a_loadable_model(tmp_path, shared_data, capsys) -
         (["--tile", "-0.1"], "--tile"),
         (["--tile", "nan"], "--tile"),
         (["--candidate", "crm"], "--candidate"),
+        (["--form", "forest"], "--form"),
     ],
 )
 def test_cli_train_keep_refuses_bad_arguments(tmp_path, capsys, extra, message) -> None:

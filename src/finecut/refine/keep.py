@@ -35,6 +35,7 @@ from finecut.refine.support import (
 __all__ = [
     "FEATURES",
     "KeepModel",
+    "KeepTrees",
     "apply_keep",
     "default_keep_model",
     "default_snap_keep_model",
@@ -215,8 +216,111 @@ class KeepModel:
         )
 
 
-def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> KeepModel:
-    """A :class:`KeepModel` from its safetensors file, its sha256 checked when one is given.
+@dataclass(frozen=True)
+class KeepTrees:
+    """Gradient-boosted decision trees on the raw :data:`FEATURES` (fitted by scikit-learn's
+    ``HistGradientBoostingClassifier`` in ``finecut train keep --form trees``, exported to
+    arrays): p = sigmoid(baseline + the sum over trees of the leaf each region reaches).
+
+    Every array is (trees, nodes), padded with leaves of value 0; node 0 is each tree's root. An
+    inner node sends a region left when its feature is at most ``split`` (a missing value, NaN,
+    goes where ``missing_left`` says), as scikit-learn's predictor does. Children always have
+    larger indices than their parent, so a walk ends within ``nodes`` steps.
+
+    Evaluated here with numpy, not scikit-learn, so that inference needs no extra dependency and
+    the file is plain arrays (safetensors), not a pickle.
+    ``threshold`` and ``tile`` as for :class:`KeepModel`."""
+
+    feature: np.ndarray
+    split: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    is_leaf: np.ndarray
+    missing_left: np.ndarray
+    baseline: float
+    threshold: float = 0.5
+    tile: float = 0.0
+
+    def raw(self, features: np.ndarray) -> np.ndarray:
+        """The boosted sum (log-odds) for each row of ``features`` (n, len(FEATURES))."""
+        x = np.asarray(features, np.float64)
+        n, trees = len(x), self.feature.shape[0]
+        node = np.zeros((trees, n), np.int64)
+        t = np.arange(trees)[:, None]
+        rows = np.arange(n)[None, :]
+        for _ in range(self.feature.shape[1]):
+            inner = ~self.is_leaf[t, node]
+            if not inner.any():
+                break
+            v = x[rows, self.feature[t, node]]
+            go_left = np.where(np.isnan(v), self.missing_left[t, node], v <= self.split[t, node])
+            child = np.where(go_left, self.left[t, node], self.right[t, node])
+            node = np.where(inner, child, node)
+        return self.baseline + self.value[t, node].sum(axis=0)
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.raw(features)))
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Write the trees as safetensors (``form`` = ``trees`` and the feature names in the
+        metadata)."""
+        from safetensors.numpy import save_file
+
+        tensors = {
+            "feature": np.ascontiguousarray(self.feature, np.int64),
+            "split": np.ascontiguousarray(self.split, np.float64),
+            "left": np.ascontiguousarray(self.left, np.int64),
+            "right": np.ascontiguousarray(self.right, np.int64),
+            "value": np.ascontiguousarray(self.value, np.float64),
+            "is_leaf": np.ascontiguousarray(self.is_leaf, np.uint8),
+            "missing_left": np.ascontiguousarray(self.missing_left, np.uint8),
+            "baseline": np.array([self.baseline], np.float64),
+            "threshold": np.array([self.threshold], np.float64),
+            "tile": np.array([self.tile], np.float64),
+        }
+        meta = {"features": ",".join(FEATURES), "form": "trees", **(metadata or {})}
+        save_file(tensors, str(path), meta)
+
+
+def _trees_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> KeepTrees:
+    """A :class:`KeepTrees` from the arrays of its file, checked so that a foreign or hostile
+    file is a :class:`~finecut.errors.WeightsError`, never an index error or an endless walk."""
+    from finecut.errors import WeightsError
+
+    names = ("feature", "split", "left", "right", "value", "is_leaf", "missing_left")
+    if any(k not in arrays for k in (*names, "baseline", "threshold")):
+        raise WeightsError(f"keep model {str(path)!r} lacks some of the trees' arrays")
+    a = {k: arrays[k] for k in names}
+    shape = a["feature"].shape
+    if len(shape) != 2 or 0 in shape or any(v.shape != shape for v in a.values()):
+        raise WeightsError(f"keep model {str(path)!r}: the trees' arrays differ in shape")
+    leaf = a["is_leaf"] != 0
+    idx = np.arange(shape[1])[None, :]
+    ints = [a[k] for k in ("feature", "left", "right")]
+    if any(not np.array_equal(v, np.round(v)) for v in ints):
+        raise WeightsError(f"keep model {str(path)!r}: node and feature indices must be integers")
+    feature, left, right = (v.astype(np.int64) for v in ints)
+    inner_ok = (
+        (feature >= 0) & (feature < len(FEATURES)) & (left > idx) & (right > idx)
+        & (left < shape[1]) & (right < shape[1])
+    )  # fmt: skip
+    if not np.all(leaf | inner_ok) or not np.all(np.isfinite(a["value"])):
+        raise WeightsError(f"keep model {str(path)!r}: its trees are malformed")
+    # leaves' own indices are never followed; make them harmless
+    feature, left, right = (np.where(leaf, 0, v) for v in (feature, left, right))
+    tile = float(arrays["tile"][0]) if "tile" in arrays else 0.0
+    if not 0.0 <= tile < 1.0:
+        raise WeightsError(f"keep model {str(path)!r}: tile {tile} is not in [0, 1)")
+    return KeepTrees(
+        feature, a["split"], left, right, a["value"], leaf, a["missing_left"] != 0,
+        baseline=float(arrays["baseline"][0]), threshold=float(arrays["threshold"][0]), tile=tile,
+    )  # fmt: skip
+
+
+def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> KeepModel | KeepTrees:
+    """A :class:`KeepModel` or :class:`KeepTrees` (metadata ``form``) from its safetensors file, its
+    sha256 checked when one is given.
 
     Raises:
         WeightsError: a missing, corrupt or foreign file.
@@ -242,6 +346,10 @@ def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> Kee
         raise WeightsError(f"keep model {str(path)!r} cannot be read: {exc}") from None
     if meta.get("features", "").split(",") != list(FEATURES):
         raise WeightsError(f"keep model {str(path)!r}: its features are not this version's")
+    if meta.get("form", "logistic") == "trees":
+        return _trees_from_arrays(path, arrays)
+    if meta.get("form", "logistic") != "logistic":
+        raise WeightsError(f"keep model {str(path)!r}: unknown form {meta['form']!r}")
     try:
         vectors = [arrays[k] for k in ("mean", "std", "weight")]
         bias, threshold = float(arrays["bias"][0]), float(arrays["threshold"][0])
