@@ -16,6 +16,10 @@ bench/refine_quality.py's ``finecut:`` rows); ``coarse``, ``snap`` (snapping of 
 alone) and ``crm`` (the CRM alone) are the references. The table: IoU / mBA (harmed %) per
 (condition, scale, family), and a summary line per variant: mean IoU and mBA gain over the
 coarse input and the worst harm share.
+
+Several keep models in one run: ``--keep-model trees=A.safetensors,lin=B.safetensors`` and
+variants labelled by them (``trees:keep_threshold=0.8``); the region features of a case are
+computed once for all of them.
 """
 
 from __future__ import annotations
@@ -132,7 +136,9 @@ def main() -> None:
     p.add_argument(
         "--keep-model",
         default=None,
-        help="the keep model of keep_learned variants (default: the embedded refine_keep)",
+        help="the keep model of keep_learned variants (default: the embedded refine_keep); or "
+        "NAME=FILE,NAME2=FILE2,...: variants labelled NAME (NAME or NAME:key=value:...) use "
+        "FILE's model, the others the embedded one",
     )
     p.add_argument(
         "--snap-keep-model", default=None,
@@ -152,6 +158,7 @@ def main() -> None:
         keep_probabilities,
         left_to_input,
         load_keep_model,
+        region_features,
         second_opinion,
         undo_regions,
     )
@@ -159,7 +166,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
     refiner = Refiner("cpu", weights=args.weights, threads=args.threads, precision=args.precision)
-    keep_model = load_keep_model(args.keep_model) if args.keep_model else default_keep_model()
+    keep_models = {}  # variant label -> its keep model; "" for every other variant
+    if args.keep_model and "=" in args.keep_model:
+        for entry in args.keep_model.split(","):
+            label, _, path = entry.partition("=")
+            keep_models[label] = load_keep_model(path)
+        keep_models[""] = default_keep_model()
+    else:
+        keep_models[""] = (
+            load_keep_model(args.keep_model) if args.keep_model else default_keep_model()
+        )
     snap_model = (
         load_keep_model(args.snap_keep_model) if args.snap_keep_model else default_snap_keep_model()
     )
@@ -172,12 +188,13 @@ def main() -> None:
         return finished["snap"]
 
     names = ["coarse", *variants]
-    methods = {}  # name -> (crm | snap | finecut, its InferenceConfig); any other label is finecut
+    methods = {}  # name -> (crm | snap | finecut, its InferenceConfig, its keep model's label)
     for name in variants:
         label, _, opts = name.partition(":")
         base = label if label in ("crm", "snap", "finecut") else "finecut"
         base, overrides = _parse_method(f"{base}:{opts}" if opts else base)
-        methods[name] = (base, replace(refiner.config, **overrides))
+        model_label = label if label in keep_models else ""
+        methods[name] = (base, replace(refiner.config, **overrides), model_label)
     rows = {}  # (cond, scale, fam) -> name -> list of (iou, mba)
     for _, cond, fam, s, image, gt, coarse, case, crm in study_cases(args, refiner):
         cell = rows.setdefault((cond, s, fam), {k: [] for k in names})
@@ -186,7 +203,8 @@ def main() -> None:
             if name == "coarse":
                 pred = coarse
             else:
-                base, cfg = methods[name]
+                base, cfg, model_label = methods[name]
+                keep_model = keep_models[model_label]
                 if base == "crm":
                     pred = crm > 0.5
                 elif base == "snap":
@@ -202,12 +220,18 @@ def main() -> None:
                         )
                     prob = finished[plain]
                     if cfg.keep_learned:
-                        # thresholds of one model share its region probabilities
-                        if ("keep", plain) not in finished:
-                            finished[("keep", plain)] = keep_probabilities(
-                                image, coarse, prob, crm, keep_model
+                        # models share the region features (per tile), and thresholds of one
+                        # model its region probabilities
+                        fkey = ("features", plain, keep_model.tile)
+                        if fkey not in finished:
+                            finished[fkey] = region_features(
+                                image, coarse, prob, crm, tile=keep_model.tile
                             )
-                        box, labels, pk = finished[("keep", plain)]
+                        if ("keep", plain, model_label) not in finished:
+                            box, labels, feats = finished[fkey]
+                            pk = keep_model.probability(feats) if len(feats) else np.zeros(0)
+                            finished[("keep", plain, model_label)] = (box, labels, pk)
+                        box, labels, pk = finished[("keep", plain, model_label)]
                         t = cfg.keep_threshold
                         t = t if t >= 0 else keep_model.threshold
                         prob = undo_regions(prob, coarse, box, labels, pk, t)
@@ -215,7 +239,7 @@ def main() -> None:
                             # snapping alone's changes where the kept mask left the input,
                             # judged once per kept mask
                             snapped = case_snap(finished, case, image, coarse)
-                            key = ("snapkeep", plain, t)
+                            key = ("snapkeep", plain, t, model_label)
                             if key not in finished:
                                 residual = left_to_input(prob, coarse, snapped)
                                 finished[key] = keep_probabilities(
