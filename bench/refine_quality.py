@@ -56,6 +56,12 @@ def main() -> None:
         help="folder caching the CRM probabilities (a subfolder per weights file and seed is "
         "made): later runs with other finecut finishing rows skip the CRM",
     )
+    p.add_argument(
+        "--keep-model",
+        default=None,
+        help="the keep step's model of the finecut rows (a file of finecut train keep; default: "
+        "the embedded refine_keep)",
+    )
     p.add_argument("--save", default=None, help="also write the per-image numbers as JSON")
     p.add_argument(
         "--merge",
@@ -109,11 +115,13 @@ def main() -> None:
         progress=True,
         cache=_cache_dir(args),
         precision=args.precision,
+        keep_model=args.keep_model,
     )
     print(
         f"{args.data}: {len(stems)} images (every {args.every}), seed {args.seed}, weights "
-        f"{args.weights or 'embedded'}; {platform.machine()}, {os.cpu_count()} CPUs visible, torch "
-        f"threads {args.threads}, device {args.device}, precision {args.precision or 'default'}; "
+        f"{args.weights or 'embedded'}, keep model {args.keep_model or 'embedded'}; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}, "
+        f"device {args.device}, precision {args.precision or 'default'}; "
         f"total {time.perf_counter() - t0:.0f} s"
     )
     print()
@@ -148,4 +156,9 @@ def _cache_dir(args):
 
 
 if __name__ == "__main__":
-    main()
+    from finecut.errors import FinecutError
+
+    try:
+        main()
+    except FinecutError as exc:  # unreadable weights or keep model
+        raise SystemExit(f"error: {exc}") from None

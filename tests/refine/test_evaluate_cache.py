@@ -79,3 +79,28 @@ def test_shards_merge_into_the_table_of_one_run(tmp_path, tiny_crm_weights) -> N
     )
     with pytest.raises(ValueError, match="methods"):
         merge_family_results([parts[0], other])
+
+
+def test_the_finecut_rows_take_the_given_keep_model(tmp_path, tiny_crm_weights) -> None:
+    # a keep model that trusts every change leaves the finecut row at the finishing without a
+    # keep step; one that trusts none undoes changed regions (a file or the model alike)
+    from finecut.refine.keep import FEATURES, KeepModel
+
+    data = _folder(tmp_path / "data")
+    f = len(FEATURES)
+
+    def run(model):
+        results = evaluate_families(
+            data, seeded_coarse, families=("lowres",), scales=(1.0,),
+            methods=("finecut:keep_learned=0:keep_edges=0", "finecut"), device="cpu",
+            weights=tiny_crm_weights, threads=1, keep_model=model,
+        )  # fmt: skip
+        return [r.iou_values for r in results[(1.0, "lowres")]]
+
+    never = KeepModel(np.zeros(f), np.ones(f), np.zeros(f), -50.0, 0.5)
+    path = tmp_path / "never.safetensors"
+    never.save(path)
+    _, no_keep, always = run(KeepModel(np.zeros(f), np.ones(f), np.zeros(f), 50.0, 0.5))
+    assert always == no_keep
+    _, _, undone = run(never)
+    assert undone != no_keep and run(path)[2] == undone

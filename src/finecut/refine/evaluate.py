@@ -275,6 +275,7 @@ def evaluate_families(
     progress: bool = False,
     cache: Path | None = None,
     precision: str | None = None,
+    keep_model=None,
 ) -> dict[tuple[float, str], list[FamilyResult]]:
     """IoU, mBA and harm share per (scale, family): the coarse input first, then each method.
 
@@ -286,6 +287,8 @@ def evaluate_families(
     and read back on a later run, so finishing variants can be added without the CRM's cost;
     the float16 values are used on the first run too, so a rerun gives the same table (the
     seconds of a cached row leave out the CRM). ``precision``: the Refiner's (None: its default).
+    ``keep_model``: the keep step's model of the ``finecut`` rows (a model or its file; None: the
+    embedded ``refine_keep``).
     """
     from dataclasses import replace
 
@@ -302,7 +305,9 @@ def evaluate_families(
     parsed = [(m, *_parse_method(m)) for m in methods]
     refiner = None
     if any(name in ("crm", "finecut") for _, name, _ in parsed):
-        refiner = Refiner(device, weights=weights, threads=threads, precision=precision)
+        refiner = Refiner(
+            device, weights=weights, threads=threads, precision=precision, keep_model=keep_model
+        )
     pairs = find_pairs(Path(data), list(stems) if stems else None)
     out: dict[tuple[float, str], list[FamilyResult]] = {}
     for s in scales:
@@ -367,7 +372,10 @@ def evaluate_families(
                             if wants_second_opinion(cfg):
                                 own, own_s, t0 = _snap_alone_once(alone, image, coarse, cfg)
                                 extra += own_s
-                            pred = keep_step(image, coarse, prob, crm, cfg, None, own) > 0.5
+                            pred = keep_step(
+                                image, coarse, prob, crm, cfg, refiner.keep_model, own
+                            )  # fmt: skip
+                            pred = pred > 0.5
                     row.add(pred, gt, time.perf_counter() - t0 + extra)
     return out
 
