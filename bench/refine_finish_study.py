@@ -41,6 +41,10 @@ def add_case_arguments(p: argparse.ArgumentParser, families: str, precision: str
     p.add_argument("--data", default=str(HERE.parent / ".." / "data" / "duts"))
     p.add_argument("--stems", default="@" + str(HERE.parent / "configs/refine/duts_holdout.txt"))
     p.add_argument("--every", type=int, default=15)
+    p.add_argument(
+        "--offset", type=int, default=0,
+        help="start at this index of the stems (then every --every-th): another sample",
+    )  # fmt: skip
     p.add_argument("--families", default=families)
     p.add_argument("--scales", default="1,2")
     p.add_argument("--conditions", default="clean,video")
@@ -64,7 +68,9 @@ def study_cases(args: argparse.Namespace, refiner):
     from finecut.train.coarse import seeded_coarse
     from finecut.train.keep import degrade_photo
 
-    pairs = find_pairs(Path(args.data), parse_stems(args.stems)[:: args.every])
+    if not 0 <= args.offset < args.every:
+        raise SystemExit(f"error: --offset must be in [0, --every), not {args.offset}")
+    pairs = find_pairs(Path(args.data), parse_stems(args.stems)[args.offset :: args.every])
     scales = [float(s) for s in args.scales.split(",")]
     tag = hashlib.sha256(
         Path(args.weights).read_bytes() if args.weights else b"embedded"
@@ -93,7 +99,8 @@ def study_cases(args: argparse.Namespace, refiner):
         )
     print()
     print(
-        f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems}); weights "
+        f"{len(pairs)} images of {args.data} (every {args.every} of {args.stems} from index "
+        f"{args.offset}); weights "
         f"{args.weights or 'embedded'}, encoder {args.precision}"
     )
 
