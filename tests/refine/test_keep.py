@@ -142,6 +142,9 @@ def test_trees_give_the_hand_computed_sum() -> None:
     assert np.allclose(raw, 0.1 + np.array([-1.25, 2.75, 0.25, 1.25]))
     assert np.allclose(_trees().probability(x), 1 / (1 + np.exp(-raw)))
     assert _trees().raw(np.zeros((0, len(FEATURES)))).shape == (0,)
+    # walked in chunks of rows, the same sums
+    many = np.random.default_rng(0).normal(size=(1000, len(FEATURES)))
+    assert np.array_equal(_trees().raw(many, chunk=64), _trees().raw(many))
 
 
 def test_trees_round_trip_and_bad_tree_files(tmp_path) -> None:

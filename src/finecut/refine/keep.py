@@ -242,9 +242,14 @@ class KeepTrees:
     threshold: float = 0.5
     tile: float = 0.0
 
-    def raw(self, features: np.ndarray) -> np.ndarray:
-        """The boosted sum (log-odds) for each row of ``features`` (n, len(FEATURES))."""
+    def raw(self, features: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """The boosted sum (log-odds) for each row of ``features`` (n, len(FEATURES)), walked
+        ``chunk`` rows at a time (every tree at once: (trees, chunk) arrays bound the memory)."""
         x = np.asarray(features, np.float64)
+        if len(x) > chunk:
+            return np.concatenate(
+                [self.raw(x[i : i + chunk], chunk) for i in range(0, len(x), chunk)]
+            )
         n, trees = len(x), self.feature.shape[0]
         node = np.zeros((trees, n), np.int64)
         t = np.arange(trees)[:, None]
