@@ -218,6 +218,26 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert s.weight.shape == (len(FEATURES),) and not np.array_equal(s.weight, m.weight)
 
 
+def test_the_embedded_trees_candidate_loads_with_its_recorded_sha() -> None:
+    # the opt-in judge of another form: gradient-boosted trees fitted on 400 training images
+    from finecut.weights import WEIGHTS_DIR, load_manifest
+
+    manifest = load_manifest("refine_keep_trees")
+    trees = load_keep_model(WEIGHTS_DIR / manifest["file"], manifest["sha256"])
+    assert isinstance(trees, KeepTrees) and trees.threshold == manifest["threshold"] == 0.75
+    assert manifest["train_config"]["form"] == "trees" and "--form trees" in manifest["command"]
+    assert manifest["images"] == 400 and "duts_holdout" in manifest["exclude"]
+    # a region the CRM is sure of, on strong edges, against one it is not sure of, on none
+    x = np.zeros((2, len(FEATURES)))
+    names = list(FEATURES)
+    x[:, names.index("log_area")] = np.log1p(200)
+    x[0, [names.index("crm_confidence"), names.index("crm_agrees")]] = [0.95, 1.0]
+    x[0, [names.index("support_out"), names.index("log_support_ratio")]] = [1.0, 1.5]
+    x[1, [names.index("support_in"), names.index("log_support_ratio")]] = [1.0, -1.5]
+    p = trees.probability(x)
+    assert np.all((p >= 0) & (p <= 1)) and p[0] > p[1]
+
+
 def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None:
     from finecut.refine.api import Refiner
     from finecut.refine.inference import InferenceConfig
