@@ -204,8 +204,13 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert manifest["features"] == list(FEATURES)
     assert manifest["command"].startswith("finecut train keep")
     assert "duts_holdout" in manifest["exclude"]  # the hold-out chose the threshold
-    m = default_keep_model()
+    # the earlier logistic model, loadable by its file; the default is the trees (below)
+    m = load_keep_model(WEIGHTS_DIR / manifest["file"], manifest["sha256"])
     assert m.weight.shape == (len(FEATURES),) and m.threshold == manifest["threshold"] == 0.75
+    from finecut.refine.keep import DEFAULT_KEEP_MODEL
+
+    assert DEFAULT_KEEP_MODEL == "refine_keep_trees"
+    assert isinstance(default_keep_model(), KeepTrees)
     # the second opinion's model: fitted on snapping alone's changes, the same images
     from finecut.refine.keep import default_snap_keep_model
 
@@ -218,8 +223,9 @@ def test_the_embedded_model_loads_with_its_recorded_sha() -> None:
     assert s.weight.shape == (len(FEATURES),) and not np.array_equal(s.weight, m.weight)
 
 
-def test_the_embedded_trees_candidate_loads_with_its_recorded_sha() -> None:
-    # the opt-in judge of another form: gradient-boosted trees fitted on 400 training images
+def test_the_embedded_trees_load_with_their_recorded_sha() -> None:
+    # the default judge since the fourteenth session: gradient-boosted trees fitted on 400
+    # training images
     from finecut.weights import WEIGHTS_DIR, load_manifest
 
     manifest = load_manifest("refine_keep_trees")

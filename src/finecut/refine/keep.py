@@ -33,6 +33,7 @@ from finecut.refine.support import (
 )
 
 __all__ = [
+    "DEFAULT_KEEP_MODEL",
     "FEATURES",
     "KeepModel",
     "KeepTrees",
@@ -371,13 +372,20 @@ def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> Kee
     return KeepModel(*vectors, bias=bias, threshold=threshold, tile=tile)
 
 
+#: The embedded keep model of the default: since the fourteenth session the gradient-boosted
+#: trees ``refine_keep_trees`` (chosen by the rules in docs/training_refine.md, "A judge of
+#: another form"); the earlier logistic model ``refine_keep`` stays loadable by its file.
+DEFAULT_KEEP_MODEL = "refine_keep_trees"
+
+
 @functools.lru_cache(maxsize=1)
-def default_keep_model() -> KeepModel:
-    """The embedded keep model (``finecut/weights/refine_keep.safetensors``), sha256-checked."""
+def default_keep_model() -> KeepModel | KeepTrees:
+    """The embedded keep model (``finecut/weights/`` :data:`DEFAULT_KEEP_MODEL`
+    ``.safetensors``), sha256-checked."""
     from finecut.weights import WEIGHTS_DIR, load_manifest
 
-    manifest = load_manifest("refine_keep")
-    return load_keep_model(WEIGHTS_DIR / "refine_keep.safetensors", manifest["sha256"])
+    manifest = load_manifest(DEFAULT_KEEP_MODEL)
+    return load_keep_model(WEIGHTS_DIR / manifest["file"], manifest["sha256"])
 
 
 @functools.lru_cache(maxsize=1)
