@@ -205,7 +205,11 @@ def fit_keep(
 
 def trees_from_sklearn(model, threshold: float = 0.5, tile: float = 0.0) -> KeepTrees:
     """A fitted binary ``HistGradientBoostingClassifier`` as :class:`KeepTrees` (its trees'
-    node arrays, padded to one length with leaves of value 0)."""
+    node arrays, padded to one length with leaves of value 0).
+
+    scikit-learn has no public export of these trees, so this reads its ``_predictors`` and
+    ``_baseline_prediction``; ``tests/refine/test_keep.py`` checks the result against its own
+    ``predict_proba``, so a change of those internals fails there, not silently."""
     predictors = [tree[0] for tree in model._predictors]  # one tree per iteration (binary)
     if not predictors:
         raise ValueError("the classifier has no trees")
