@@ -1097,7 +1097,14 @@ def _cmd_train_embedding(args) -> int:
 def _cmd_train_keep(args) -> int:
     from finecut.errors import ConfigError
     from finecut.refine.api import Refiner
-    from finecut.train.keep import CANDIDATES, FORMS, KeepTrainConfig, keep_output, train_keep
+    from finecut.train.keep import (
+        CANDIDATES,
+        FORMS,
+        KeepTrainConfig,
+        keep_output,
+        require_scikit_learn,
+        train_keep,
+    )
 
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), not {args.threshold}")
@@ -1114,12 +1121,7 @@ def _cmd_train_keep(args) -> int:
     if args.form not in FORMS:
         raise ConfigError(f"--form must be {' or '.join(FORMS)}, not {args.form!r}")
     if args.form == "trees":
-        try:
-            import sklearn  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--form trees needs scikit-learn: pip install 'finecut[train]'"
-            ) from None
+        require_scikit_learn()  # before an hour of gathering regions
     cfg = KeepTrainConfig(
         images=args.images, seed=args.seed, l2=args.l2, tile=args.tile,
         candidate=args.candidate, form=args.form,

@@ -40,6 +40,7 @@ __all__ = [
     "gather_regions",
     "trees_from_sklearn",
     "keep_output",
+    "require_scikit_learn",
 ]
 
 
@@ -243,6 +244,20 @@ def trees_from_sklearn(model, threshold: float = 0.5, tile: float = 0.0) -> Keep
     return KeepTrees(**out, baseline=baseline, threshold=threshold, tile=tile)
 
 
+def require_scikit_learn() -> None:
+    """Raise :class:`~finecut.errors.ConfigError` (one line: how to install it) when
+    scikit-learn, which fits the trees, is missing; ``finecut train keep --form trees`` asks
+    before gathering regions for an hour."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        from finecut.errors import ConfigError
+
+        raise ConfigError(
+            "fitting the trees (--form trees) needs scikit-learn: pip install 'finecut[train]'"
+        ) from None
+
+
 def fit_keep_trees(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, threshold: float = 0.5, seed: int = 0
 ) -> KeepTrees:
@@ -254,14 +269,9 @@ def fit_keep_trees(
     Raises:
         ConfigError: scikit-learn is not installed.
     """
-    try:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-    except ImportError:
-        from finecut.errors import ConfigError
+    require_scikit_learn()
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
-        raise ConfigError(
-            "fitting the trees needs scikit-learn: pip install 'finecut[train]'"
-        ) from None
     model = HistGradientBoostingClassifier(
         learning_rate=0.05,
         max_iter=300,
