@@ -143,7 +143,7 @@ def main() -> None:
     p.add_argument(
         "--keep-model",
         default=None,
-        help="the keep model of keep_learned variants (default: the embedded refine_keep); or "
+        help="the keep model of keep_learned variants (default: the embedded default); or "
         "NAME=FILE,NAME2=FILE2,...: variants labelled NAME (NAME or NAME:key=value:...) use "
         "FILE's model, the others the embedded one",
     )

@@ -60,7 +60,7 @@ def main() -> None:
         "--keep-model",
         default=None,
         help="the keep step's model of the finecut rows (a file of finecut train keep; default: "
-        "the embedded refine_keep)",
+        "the embedded default keep model)",
     )
     p.add_argument("--save", default=None, help="also write the per-image numbers as JSON")
     p.add_argument(

@@ -170,8 +170,9 @@ class Refiner:
             ``onnx`` is given, else "torch".
         onnx: the folder of ``finecut export onnx`` (onnxruntime backend).
         keep_model: the keep step's model (``InferenceConfig.keep_learned``): a
-            :class:`finecut.refine.keep.KeepModel` or the ``.safetensors`` file of
-            ``finecut train keep``; None takes the embedded ``refine_keep``.
+            :class:`finecut.refine.keep.KeepModel` or ``KeepTrees``, or the ``.safetensors``
+            file of ``finecut train keep``; None takes the embedded default
+            (:data:`finecut.refine.keep.DEFAULT_KEEP_MODEL`).
         snap_keep_model: the second opinion's model (``InferenceConfig.keep_snap_threshold``),
             as ``keep_model`` (``finecut train keep --candidate snap``); None takes the embedded
             ``refine_keep_snap``.

@@ -288,7 +288,7 @@ def evaluate_families(
     the float16 values are used on the first run too, so a rerun gives the same table (the
     seconds of a cached row leave out the CRM). ``precision``: the Refiner's (None: its default).
     ``keep_model``: the keep step's model of the ``finecut`` rows (a model or its file; None: the
-    embedded ``refine_keep``).
+    embedded default, :data:`finecut.refine.keep.DEFAULT_KEEP_MODEL`).
     """
     from dataclasses import replace
 

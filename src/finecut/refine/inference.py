@@ -103,8 +103,11 @@ class InferenceConfig:
             of the edge check: each changed region is kept when the model's probability that
             the change is right is at least ``keep_threshold``.
         keep_threshold: see ``keep_learned``; negative (the default) takes the model's own
-            threshold: 0.75 for the embedded ``refine_keep`` since the eleventh session (0.7
-            from the ninth), chosen on two training-side sets by a rule written down beforehand
+            threshold: 0.75 for the embedded keep model (``refine_keep_trees`` since the
+            fourteenth session, checked for it on unused hold-out images, docs/training_refine.md,
+            "A judge of another form"). For the logistic ``refine_keep`` before it (0.75 since
+            the eleventh session, 0.7 from the ninth) 0.75 was chosen on two training-side sets
+            by a rule written down beforehand
             (docs/benchmarks.md, "The keep threshold on both training-side sets"): the DUTS-TR
             hold-out and 139 objects of CamVid's val split (video frames); among the settings
             harming at most 5% of images in every row of both, the largest mean mBA gain:

@@ -6,8 +6,10 @@ tell a low-resolution mask (whose changes are wide and mostly right) from a near
 (whose changes are slivers and mostly wrong). Here each connected region where the finished mask
 differs from the input is described by a few numbers (its size, thickness and reach from the
 input boundary, the edge support on both sides, the CRM's confidence in it, how well the input's
-boundary already follows edges, how much of the image changed) and a small logistic model trained
-on training-side images (``finecut train keep``) gives the probability that the change is right.
+boundary already follows edges, how much of the image changed) and a small model trained on
+training-side images (``finecut train keep``: a logistic :class:`KeepModel` or, the default
+since the fourteenth session, gradient-boosted :class:`KeepTrees`) gives the probability that
+the change is right.
 Regions below ``threshold`` take the input's value.
 
 Written here because no library judges a mask edit region by region; the pieces are OpenCV's
@@ -352,10 +354,11 @@ def load_keep_model(path: str | Path, expected_sha256: str | None = None) -> Kee
         raise WeightsError(f"keep model {str(path)!r} cannot be read: {exc}") from None
     if meta.get("features", "").split(",") != list(FEATURES):
         raise WeightsError(f"keep model {str(path)!r}: its features are not this version's")
-    if meta.get("form", "logistic") == "trees":
+    form = meta.get("form", "logistic")  # files before the trees have no form
+    if form == "trees":
         return _trees_from_arrays(path, arrays)
-    if meta.get("form", "logistic") != "logistic":
-        raise WeightsError(f"keep model {str(path)!r}: unknown form {meta['form']!r}")
+    if form != "logistic":
+        raise WeightsError(f"keep model {str(path)!r}: unknown form {form!r}")
     try:
         vectors = [arrays[k] for k in ("mean", "std", "weight")]
         bias, threshold = float(arrays["bias"][0]), float(arrays["threshold"][0])
