@@ -209,6 +209,22 @@ FAIL_FAST = {
         ["T/imgs", "--mask", "T/masks", "-o", "T/masks"],
         "the input",
     ),
+    "keep model missing": (
+        ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model", "T/none.safetensors"],
+        "keep model",
+    ),
+    "keep model not safetensors": (
+        ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model", "IMG"],
+        "cannot be read",
+    ),
+    "keep model and edge check": (
+        ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model", "IMG", "--edge-margin", "1"],
+        "not both",
+    ),
+    "folder mode keep model missing": (
+        ["T/imgs", "--mask", "T/masks", "-o", "T/out", "--keep-model", "T/none.safetensors"],
+        "not found",
+    ),
 }
 
 
@@ -294,6 +310,36 @@ def test_keep_flags_reach_the_refiner(capsys, tmp_path, monkeypatch, flags, want
     cfg = seen["config"]
     assert {k: getattr(cfg, k) for k in want} == want
     assert np.array_equal(_read(tmp_path / "out.png") > 127, labels == 1)
+
+
+@pytest.mark.parametrize("name", [None, "refine_keep", "refine_keep_trees"])
+def test_keep_model_reaches_the_refiner(capsys, tmp_path, monkeypatch, name):
+    import finecut.refine as refine_pkg
+    from finecut.refine.keep import load_keep_model
+    from finecut.weights import WEIGHTS_DIR
+
+    seen = {}
+
+    class FakeRefiner:
+        def __init__(self, *args, keep_model=None, **kwargs) -> None:
+            seen["keep_model"] = keep_model
+
+        def refine(self, image, mask, **kwargs):
+            return np.where(mask, np.uint8(255), np.uint8(0))
+
+    monkeypatch.setattr(refine_pkg, "Refiner", FakeRefiner)
+    image, labels = _scene()
+    img = _save(tmp_path / "img.png", image)
+    mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
+    flags = () if name is None else ("--keep-model", WEIGHTS_DIR / f"{name}.safetensors")
+    code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
+    assert code == 0, err
+    if name is None:
+        assert seen["keep_model"] is None  # the Refiner takes the embedded default
+    else:
+        want = load_keep_model(WEIGHTS_DIR / f"{name}.safetensors")
+        got = seen["keep_model"]
+        assert type(got) is type(want) and got.threshold == want.threshold
 
 
 @pytest.mark.parametrize("margin", ["nan", "inf", "abc"])

@@ -124,6 +124,14 @@ def _add_refine(sub) -> None:
         "leaves near-perfect masks as they are)",
     )
     p.add_argument(
+        "--keep-model",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the keep step's model: a .safetensors file of 'finecut train keep' (default: the "
+        "embedded gradient-boosted trees; its own threshold applies unless --keep-threshold)",
+    )
+    p.add_argument(
         "--snap-opinion",
         type=_finite_float,
         default=None,
@@ -228,7 +236,7 @@ def _refine_one(
     _write_result(image, result, out, overlay, (image_path, mask_path), args)
 
 
-def _refiner(args):
+def _refiner(args, keep_model=None):
     # imported here, after _cmd_refine's checks of the paths: the refiner loads torch (seconds),
     # and a wrong path should be reported at once
     from finecut.refine import Refiner
@@ -279,10 +287,32 @@ def _refiner(args):
             )
         if precision not in (None, "auto", "fp32"):
             raise ConfigError("--onnx runs in float32: drop --precision")
-        return Refiner(onnx=onnx, threads=args.threads, config=config)
+        return Refiner(onnx=onnx, threads=args.threads, config=config, keep_model=keep_model)
     return Refiner(
-        args.device, weights=args.weights, threads=args.threads, config=config, precision=precision
+        args.device,
+        weights=args.weights,
+        threads=args.threads,
+        config=config,
+        precision=precision,
+        keep_model=keep_model,
     )
+
+
+def _keep_model_option(args):
+    """The model of --keep-model, loaded and checked before any image or torch (None: the
+    embedded default)."""
+    path = getattr(args, "keep_model", None)  # only `finecut refine` has --keep-model
+    if path is None:
+        return None
+    from finecut.errors import ConfigError
+    from finecut.refine.keep import load_keep_model
+
+    if args.edge_margin is not None:
+        raise ConfigError(
+            "--keep-model is the learned keep step's model, which --edge-margin replaces: "
+            "give one of them, not both"
+        )
+    return load_keep_model(path)
 
 
 def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
@@ -322,8 +352,9 @@ def _cmd_refine(args) -> int:
         raise ImageError(f"IMAGE and {option} must both be files or both be folders")
     if not folder:
         _check_file_outputs(args, (args.image, source), kind)
+        keep_model = _keep_model_option(args)
         image, coarse = _load_pair(args.image, source, args.resize_mask, instances)
-        result, messages = _refine_loaded(_refiner(args), image, coarse, args)
+        result, messages = _refine_loaded(_refiner(args, keep_model), image, coarse, args)
         for message in messages:
             log.warning("%s: %s", args.image.name, message)
         _write_result(image, result, args.output, args.overlay, (args.image, source), args)
@@ -333,6 +364,7 @@ def _cmd_refine(args) -> int:
     check_output_folder(args.output, "output")
     if args.overlay is not None:
         check_output_folder(args.overlay, "overlay")
+    keep_model = _keep_model_option(args)
     pairs, unmatched = pair_by_stem(args.image, source)
     if not pairs:
         n = len(list_images(args.image))
@@ -360,7 +392,7 @@ def _cmd_refine(args) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     if args.overlay is not None:
         args.overlay.mkdir(parents=True, exist_ok=True)
-    refiner = _refiner(args)
+    refiner = _refiner(args, keep_model)
     failures: list[tuple[str, str]] = []
     from tqdm import tqdm
 

@@ -294,6 +294,33 @@ def test_the_refiner_takes_a_keep_model_file(tmp_path, tiny_crm_weights) -> None
         Refiner("cpu", weights=tiny_crm_weights, snap_keep_model=tmp_path / "none.safetensors")
 
 
+def test_finecut_refine_takes_a_keep_model_file(tmp_path, tiny_crm_weights, capsys) -> None:
+    # the CLI's --keep-model: a judge that undoes every change gives back the input, one that
+    # keeps every change gives the CRM's moved edge (the scene of the Refiner test above)
+    import cv2
+
+    from finecut.cli import main
+
+    photo = np.full((128, 128, 3), 40, np.uint8)
+    photo[30:90, 30:90] = (200, 120, 60)
+    coarse = np.zeros((128, 128), np.uint8)
+    coarse[32:92, 30:90] = 255
+    cv2.imwrite(str(tmp_path / "photo.png"), photo)
+    cv2.imwrite(str(tmp_path / "coarse.png"), coarse)
+    _model(-50.0).save(tmp_path / "undo_all.safetensors")
+    _model(50.0).save(tmp_path / "keep_all.safetensors")
+    outs = {}
+    for name in ("undo_all", "keep_all"):
+        out = tmp_path / f"{name}.png"
+        argv = [str(tmp_path / "photo.png"), "--mask", str(tmp_path / "coarse.png"), "-o",
+                str(out), "--weights", str(tiny_crm_weights), "--device", "cpu",
+                "--keep-model", str(tmp_path / f"{name}.safetensors")]  # fmt: skip
+        assert main(["refine", *argv]) == 0, capsys.readouterr().err
+        outs[name] = cv2.imread(str(out), cv2.IMREAD_UNCHANGED) > 127
+    assert np.array_equal(outs["undo_all"], coarse > 0)
+    assert not np.array_equal(outs["keep_all"], coarse > 0)
+
+
 def test_a_tiled_model_judges_each_piece_of_a_long_strip(tmp_path) -> None:
     from finecut.refine.keep import tile_pixels
 
