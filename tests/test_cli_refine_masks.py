@@ -184,6 +184,7 @@ def test_mask_and_instances_are_exclusive(capsys, files, tmp_path) -> None:
 
 # Each case is a `finecut refine` command line that must fail with exit status 2 before the
 # refiner is built: in a fresh interpreter, torch must still not be imported afterwards.
+_KEEP = ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model"]
 FAIL_FAST = {
     "txt output": (["IMG", "--mask", "MASK", "-o", "T/out.txt"], "unknown extension (.txt)"),
     "jpeg mask output": (["IMG", "--mask", "MASK", "-o", "T/out.jpg"], "JPEG is lossy"),
@@ -209,18 +210,9 @@ FAIL_FAST = {
         ["T/imgs", "--mask", "T/masks", "-o", "T/masks"],
         "the input",
     ),
-    "keep model missing": (
-        ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model", "T/none.safetensors"],
-        "keep model",
-    ),
-    "keep model not safetensors": (
-        ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model", "IMG"],
-        "cannot be read",
-    ),
-    "keep model and edge check": (
-        ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model", "IMG", "--edge-margin", "1"],
-        "not both",
-    ),
+    "keep model missing": ([*_KEEP, "T/none.safetensors"], "keep model"),
+    "keep model not safetensors": ([*_KEEP, "IMG"], "cannot be read"),
+    "keep model and edge check": ([*_KEEP, "IMG", "--edge-margin", "1"], "not both"),
     "folder mode keep model missing": (
         ["T/imgs", "--mask", "T/masks", "-o", "T/out", "--keep-model", "T/none.safetensors"],
         "not found",
@@ -274,6 +266,30 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
     assert (tmp_path / "mask.png").read_bytes() == mask.read_bytes()
 
 
+def _refine_with_a_fake_refiner(capsys, tmp_path, monkeypatch, flags) -> dict:
+    """Run ``finecut refine`` with ``flags`` on a stand-in Refiner; the keyword arguments it was
+    built with (the output must be the input mask: the stand-in changes nothing)."""
+    import finecut.refine as refine_pkg
+
+    seen = {}
+
+    class FakeRefiner:
+        def __init__(self, *args, **kwargs) -> None:
+            seen.update(kwargs)
+
+        def refine(self, image, mask, **kwargs):
+            return np.where(mask, np.uint8(255), np.uint8(0))
+
+    monkeypatch.setattr(refine_pkg, "Refiner", FakeRefiner)
+    image, labels = _scene()
+    img = _save(tmp_path / "img.png", image)
+    mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
+    code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
+    assert code == 0, err
+    assert np.array_equal(_read(tmp_path / "out.png") > 127, labels == 1)
+    return seen
+
+
 @pytest.mark.parametrize(
     ("flags", "want"),
     [
@@ -290,55 +306,21 @@ def test_bad_outputs_fail_before_the_refiner_is_built(tmp_path) -> None:
     ],
 )  # fmt: skip
 def test_keep_flags_reach_the_refiner(capsys, tmp_path, monkeypatch, flags, want):
-    import finecut.refine as refine_pkg
-
-    seen = {}
-
-    class FakeRefiner:
-        def __init__(self, *args, config=None, **kwargs) -> None:
-            seen["config"] = config
-
-        def refine(self, image, mask, **kwargs):
-            return np.where(mask, np.uint8(255), np.uint8(0))
-
-    monkeypatch.setattr(refine_pkg, "Refiner", FakeRefiner)
-    image, labels = _scene()
-    img = _save(tmp_path / "img.png", image)
-    mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
-    code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
-    assert code == 0, err
-    cfg = seen["config"]
+    cfg = _refine_with_a_fake_refiner(capsys, tmp_path, monkeypatch, flags)["config"]
     assert {k: getattr(cfg, k) for k in want} == want
-    assert np.array_equal(_read(tmp_path / "out.png") > 127, labels == 1)
 
 
 @pytest.mark.parametrize("name", [None, "refine_keep", "refine_keep_trees"])
 def test_keep_model_reaches_the_refiner(capsys, tmp_path, monkeypatch, name):
-    import finecut.refine as refine_pkg
     from finecut.refine.keep import load_keep_model
     from finecut.weights import WEIGHTS_DIR
 
-    seen = {}
-
-    class FakeRefiner:
-        def __init__(self, *args, keep_model=None, **kwargs) -> None:
-            seen["keep_model"] = keep_model
-
-        def refine(self, image, mask, **kwargs):
-            return np.where(mask, np.uint8(255), np.uint8(0))
-
-    monkeypatch.setattr(refine_pkg, "Refiner", FakeRefiner)
-    image, labels = _scene()
-    img = _save(tmp_path / "img.png", image)
-    mask = _save(tmp_path / "mask.png", np.where(labels == 1, 255, 0).astype(np.uint8))
     flags = () if name is None else ("--keep-model", WEIGHTS_DIR / f"{name}.safetensors")
-    code, err = _run(capsys, "refine", img, "--mask", mask, "-o", tmp_path / "out.png", *flags)
-    assert code == 0, err
+    got = _refine_with_a_fake_refiner(capsys, tmp_path, monkeypatch, flags)["keep_model"]
     if name is None:
-        assert seen["keep_model"] is None  # the Refiner takes the embedded default
+        assert got is None  # the Refiner takes the embedded default
     else:
         want = load_keep_model(WEIGHTS_DIR / f"{name}.safetensors")
-        got = seen["keep_model"]
         assert type(got) is type(want) and got.threshold == want.threshold
 
 
