@@ -184,7 +184,8 @@ def test_mask_and_instances_are_exclusive(capsys, files, tmp_path) -> None:
 
 # Each case is a `finecut refine` command line that must fail with exit status 2 before the
 # refiner is built: in a fresh interpreter, torch must still not be imported afterwards.
-_KEEP = ["IMG", "--mask", "MASK", "-o", "T/out.png", "--keep-model"]
+_OUT = ["IMG", "--mask", "MASK", "-o", "T/out.png"]
+_KEEP = [*_OUT, "--keep-model"]
 FAIL_FAST = {
     "txt output": (["IMG", "--mask", "MASK", "-o", "T/out.txt"], "unknown extension (.txt)"),
     "jpeg mask output": (["IMG", "--mask", "MASK", "-o", "T/out.jpg"], "JPEG is lossy"),
@@ -213,6 +214,7 @@ FAIL_FAST = {
     "keep model missing": ([*_KEEP, "T/none.safetensors"], "keep model"),
     "keep model not safetensors": ([*_KEEP, "IMG"], "cannot be read"),
     "keep model and edge check": ([*_KEEP, "IMG", "--edge-margin", "1"], "not both"),
+    "keep threshold out of range": ([*_OUT, "--keep-threshold", "1.5"], "must be in [0, 1]"),
     "folder mode keep model missing": (
         ["T/imgs", "--mask", "T/masks", "-o", "T/out", "--keep-model", "T/none.safetensors"],
         "not found",

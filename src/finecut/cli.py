@@ -236,9 +236,11 @@ def _refine_one(
     _write_result(image, result, out, overlay, (image_path, mask_path), args)
 
 
-def _refiner(args, keep_model=None):
-    # imported here, after _cmd_refine's checks of the paths: the refiner loads torch (seconds),
-    # and a wrong path should be reported at once
+def _refiner(args, config=None, keep_model=None):
+    """The Refiner of ``args``; ``config`` and ``keep_model`` from :func:`_keep_options`
+    (None: the Refiner's defaults)."""
+    # imported here, after _cmd_refine's checks of the paths and flags: the refiner loads torch
+    # (seconds), and a wrong path or flag should be reported at once
     from finecut.refine import Refiner
 
     many = args.command == "refine-coco" or getattr(args, "instances", None) is not None
@@ -246,34 +248,6 @@ def _refiner(args, keep_model=None):
         # one INFO line per small instance ("copied through") would drown the useful ones
         logging.getLogger("finecut.refine.api").setLevel(logging.WARNING)
 
-    config = None
-    margin = getattr(args, "edge_margin", None)  # only `finecut refine` has these two
-    threshold = getattr(args, "keep_threshold", None)
-    opinion = getattr(args, "snap_opinion", None)
-    if margin is not None or threshold is not None or opinion is not None:
-        from finecut.errors import ConfigError
-        from finecut.refine.inference import InferenceConfig
-
-        if margin is not None and threshold is not None:
-            raise ConfigError("give --edge-margin (the edge check) or --keep-threshold, not both")
-        if margin is not None and opinion is not None:
-            raise ConfigError(
-                "--snap-opinion follows the learned keep model, which --edge-margin replaces: "
-                "give one of them, not both"
-            )
-        if threshold is not None and not 0 <= threshold <= 1:
-            raise ConfigError(f"--keep-threshold must be in [0, 1], not {threshold}")
-        if opinion is not None and opinion > 1:
-            raise ConfigError(f"--snap-opinion must be in [0, 1] (negative: off), not {opinion}")
-        if margin is not None:
-            config = InferenceConfig(
-                keep_learned=False, keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0)
-            )
-        else:
-            # any negative --snap-opinion is off, stored as -1
-            opinion_t = None if opinion is None else max(opinion, -1.0)
-            given = {"keep_threshold": threshold, "keep_snap_threshold": opinion_t}
-            config = InferenceConfig(**{k: v for k, v in given.items() if v is not None})
     # None: the Refiner's own default (refine and refine-coco have --precision)
     precision = getattr(args, "precision", None)
     onnx = getattr(args, "onnx", None)  # only `finecut refine` has --onnx
@@ -298,21 +272,41 @@ def _refiner(args, keep_model=None):
     )
 
 
-def _keep_model_option(args):
-    """The model of --keep-model, loaded and checked before any image or torch (None: the
-    embedded default)."""
-    path = getattr(args, "keep_model", None)  # only `finecut refine` has --keep-model
-    if path is None:
-        return None
+def _keep_options(args):
+    """``finecut refine``'s do-no-harm flags, checked before any image or torch is loaded: the
+    InferenceConfig they ask for and the --keep-model (each None: the Refiner's default)."""
+    margin, threshold = args.edge_margin, args.keep_threshold
+    opinion, path = args.snap_opinion, args.keep_model
+    if margin is None and threshold is None and opinion is None and path is None:
+        return None, None
     from finecut.errors import ConfigError
+    from finecut.refine.inference import InferenceConfig
     from finecut.refine.keep import load_keep_model
 
-    if args.edge_margin is not None:
-        raise ConfigError(
-            "--keep-model is the learned keep step's model, which --edge-margin replaces: "
-            "give one of them, not both"
+    if margin is not None and threshold is not None:
+        raise ConfigError("give --edge-margin (the edge check) or --keep-threshold, not both")
+    for flag, value in (("--snap-opinion", opinion), ("--keep-model", path)):
+        if margin is not None and value is not None:
+            raise ConfigError(
+                f"{flag} is part of the learned keep step, which --edge-margin replaces: "
+                "give one of them, not both"
+            )
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ConfigError(f"--keep-threshold must be in [0, 1], not {threshold}")
+    if opinion is not None and opinion > 1:
+        raise ConfigError(f"--snap-opinion must be in [0, 1] (negative: off), not {opinion}")
+    keep_model = None if path is None else load_keep_model(path)
+    if margin is not None:
+        config = InferenceConfig(
+            keep_learned=False, keep_edges=margin >= 0, keep_edge_margin=max(margin, 0.0)
         )
-    return load_keep_model(path)
+    else:
+        # any negative --snap-opinion is off, stored as -1
+        opinion_t = None if opinion is None else max(opinion, -1.0)
+        given = {"keep_threshold": threshold, "keep_snap_threshold": opinion_t}
+        given = {k: v for k, v in given.items() if v is not None}
+        config = InferenceConfig(**given) if given else None
+    return config, keep_model
 
 
 def _check_file_outputs(args, inputs: tuple[Path, Path], kind: str) -> None:
@@ -352,9 +346,10 @@ def _cmd_refine(args) -> int:
         raise ImageError(f"IMAGE and {option} must both be files or both be folders")
     if not folder:
         _check_file_outputs(args, (args.image, source), kind)
-        keep_model = _keep_model_option(args)
+        config, keep_model = _keep_options(args)
         image, coarse = _load_pair(args.image, source, args.resize_mask, instances)
-        result, messages = _refine_loaded(_refiner(args, keep_model), image, coarse, args)
+        refiner = _refiner(args, config, keep_model)
+        result, messages = _refine_loaded(refiner, image, coarse, args)
         for message in messages:
             log.warning("%s: %s", args.image.name, message)
         _write_result(image, result, args.output, args.overlay, (args.image, source), args)
@@ -364,7 +359,7 @@ def _cmd_refine(args) -> int:
     check_output_folder(args.output, "output")
     if args.overlay is not None:
         check_output_folder(args.overlay, "overlay")
-    keep_model = _keep_model_option(args)
+    config, keep_model = _keep_options(args)
     pairs, unmatched = pair_by_stem(args.image, source)
     if not pairs:
         n = len(list_images(args.image))
@@ -392,7 +387,7 @@ def _cmd_refine(args) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     if args.overlay is not None:
         args.overlay.mkdir(parents=True, exist_ok=True)
-    refiner = _refiner(args, keep_model)
+    refiner = _refiner(args, config, keep_model)
     failures: list[tuple[str, str]] = []
     from tqdm import tqdm
 

@@ -105,7 +105,8 @@ def test_quality_held_on_davis(shared_data) -> None:
     it, finecut harms neither family on these three frames (snapping alone lowers the SAM-like
     masks) and gains on both: low-resolution masks +4.3 IoU / +14.3 mBA (snapping alone
     +3.3 / +15.6), SAM-like +0.5 / +2.6; the second opinion (``keep_snap_threshold=0.7``, off by
-    default) adds a little to the low-resolution masks. The 345-frame tables in docs/benchmarks.md have the gains and the harm per family.
+    default) adds a little to the low-resolution masks. The 345-frame tables in
+    docs/benchmarks.md have the gains and the harm per family.
     """
     results = _davis_rows(shared_data, ("lowres", "sam"))
     for family, recorded in RECORDED_DAVIS.items():
