@@ -25,7 +25,7 @@ from finecut.train.segment import (
     segment_loss,
     train_segment,
 )
-from finecut.train.segment_data import SegmentDataset, segment_items
+from finecut.train.segment_data import SegmentDataset, photometric, segment_items
 from tests.segment._synthetic import VOID, write_camvid
 
 
@@ -73,6 +73,45 @@ def test_dataset_items_and_augmentation(camvid: Path) -> None:
     assert not torch.equal(image, other)
     whole, whole_labels = SegmentDataset(items, crop=None)[0]
     assert whole.shape == (3, 48, 64) and whole_labels.shape == (48, 64)
+
+
+def test_photometric_changes_light_not_geometry() -> None:
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = (200, 120, 40)  # an orange right half, a black left one
+    image[10:20, 5:25] = 90
+    assert photometric(image, 0.0, rng) is image  # strength 0: untouched, nothing drawn
+    assert rng.random() == np.random.default_rng(0).random()
+    outs = [photometric(image, 1.0, np.random.default_rng([3, k])) for k in range(40)]
+    for out in outs:
+        assert out.shape == image.shape and out.dtype == np.uint8
+    # deterministic given the generator's state
+    np.testing.assert_array_equal(outs[5], photometric(image, 1.0, np.random.default_rng([3, 5])))
+    # it varies light and colour: the orange half's mean moves by several grey levels ...
+    means = np.array([o[:, 40:].reshape(-1, 3).mean(0) for o in outs])
+    assert means.std(0).min() > 5
+    # ... and keeps the geometry: the edge between the halves stays at column 30 on average
+    grad = np.mean([np.abs(np.diff(o.astype(float).mean(2), axis=1)).mean(0) for o in outs], 0)
+    assert int(np.argmax(grad[26:34])) + 26 == 29
+    # a stronger setting moves the light further
+    strong = [photometric(image, 2.0, np.random.default_rng([3, k])) for k in range(40)]
+    assert np.array([o[:, 40:].mean() for o in strong]).std() > means.mean(1).std()
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        photometric(image, -0.1, rng)
+
+
+def test_dataset_photometric_keeps_crops_and_labels(camvid: Path) -> None:
+    items = segment_items(camvid, "train")
+    plain = SegmentDataset(items, crop=(40, 56), scale_range=(0.8, 1.2), seed=1)
+    lit = SegmentDataset(items, crop=(40, 56), scale_range=(0.8, 1.2), seed=1, photometric=1.0)
+    changed = 0
+    for k in range(8):
+        (a, la), (b, lb) = plain[k], lit[k]
+        torch.testing.assert_close(la, lb)  # the same crop and flip: only the light differs
+        changed += int(not torch.equal(a, b))
+    assert changed >= 6
+    with pytest.raises(ValueError, match="photometric must be >= 0"):
+        SegmentDataset(items, photometric=-1.0)
 
 
 def test_missing_listed_stem(camvid: Path) -> None:
@@ -139,6 +178,8 @@ def test_config_rejects_bad_loss_and_stop_at(tmp_path: Path) -> None:
         _cfg(tmp_path, tmp_path / "o", stop_at=4)
     with pytest.raises(ConfigError, match="ohem_thresh"):
         _cfg(tmp_path, tmp_path / "o", ohem_thresh=1.5)
+    with pytest.raises(ConfigError, match="photometric must be in"):
+        _cfg(tmp_path, tmp_path / "o", photometric=3.0)
 
 
 def test_stages_of_one_schedule_and_a_resume_on_another_machine(

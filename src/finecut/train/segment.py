@@ -111,6 +111,8 @@ class SegmentTrainConfig:
         batch_size: images per step, over all processes.
         crop: ``(height, width)`` of the training crops (CamVid frames are 360x480).
         scale_range: random resize factor before cropping.
+        photometric: strength of the photometric augmentation (light, colour, blur, noise;
+            :func:`~finecut.train.segment_data.photometric`); 0 (the default): none.
         optimizer: ``sgd`` (momentum) or ``adam``.
         lr: base learning rate (encoder); ``decoder_lr_mult`` x for decoder / head / SPN,
             ``pool_lr_mult`` x for the P-pooling parameters.
@@ -133,6 +135,7 @@ class SegmentTrainConfig:
     batch_size: int = 8
     crop: tuple[int, int] = (360, 480)
     scale_range: tuple[float, float] = (0.5, 2.0)
+    photometric: float = 0.0
     optimizer: str = "sgd"
     lr: float = 0.005
     momentum: float = 0.9
@@ -189,6 +192,8 @@ class SegmentTrainConfig:
             )
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.photometric <= 2:
+            raise ConfigError(f"photometric must be in [0, 2], got {self.photometric}")
         if 0 <= self.void < self.model.num_classes:
             raise ConfigError(
                 f"void ({self.void}) must lie outside the classes 0..{self.model.num_classes - 1}"
@@ -364,6 +369,7 @@ def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
         num_classes=cfg.model.num_classes,
         crop=cfg.crop,
         scale_range=cfg.scale_range,
+        photometric=cfg.photometric,
         void=cfg.void,
         seed=cfg.seed,
     )

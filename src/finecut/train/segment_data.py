@@ -5,7 +5,9 @@ holding uint8 class ids (CamVid: 0..10, 11 = void, ignored by the loss and the m
 ``ROOT/{split}.txt`` lists the stems of the split (when absent, every image with a label is used).
 
 Training items are augmented as is usual on CamVid: random scale, random crop (padded with void
-where the scaled image is smaller than the crop) and horizontal flip. Every item is deterministic
+where the scaled image is smaller than the crop) and horizontal flip; optionally photometric changes
+(:func:`photometric`: brightness, contrast, saturation, hue, gamma, white balance, blur, noise) so
+that the model sees light and cameras other than its few training sequences'. Every item is deterministic
 given (seed, epoch, index): the key ``epoch * len(dataset) + index`` carries the epoch (what
 :class:`~finecut.train.embedding_data.EpochSampler` yields), so persistent DataLoader workers see
 new augmentations every epoch and a resumed run repeats nothing.
@@ -34,6 +36,7 @@ __all__ = [
     "SegmentItem",
     "class_pixel_counts",
     "load_pair",
+    "photometric",
     "segment_items",
 ]
 
@@ -137,6 +140,67 @@ def class_pixel_counts(
     return class_pixels, present_pixels
 
 
+def photometric(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A random change of light, colour and sharpness of an RGB image; geometry is untouched.
+
+    Written here rather than taken from a library: torchvision is a 5.5 GB install here and
+    albumentations pulls pydantic and more for what is a dozen lines of OpenCV.
+
+    At ``strength`` 1 (ranges scale linearly with it; 0 returns the image unchanged, without
+    drawing from ``rng``): brightness x[0.65, 1.35], contrast about the mean grey x[0.65, 1.35],
+    saturation x[0.5, 1.5], hue +-15 degrees, gamma in [0.7, 1.43], per-channel gains x[0.9, 1.1]
+    (white balance), each applied with probability 0.8 in random order; then with probability 0.25
+    a Gaussian blur (sigma up to 1.2 px) and with probability 0.25 Gaussian noise (sd up to 5
+    grey levels).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        strength: >= 0.
+        rng: the item's generator (the change is deterministic given its state).
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    if strength == 0:
+        return image
+    x = image.astype(np.float32) / 255.0
+    s = float(strength)
+
+    def factor(spread: float) -> float:
+        return float(1.0 + rng.uniform(-spread, spread) * s)
+
+    ops = ["brightness", "contrast", "saturation", "hue", "gamma", "balance"]
+    for k in rng.permutation(len(ops)):
+        if rng.random() >= 0.8:
+            continue
+        op = ops[int(k)]
+        if op == "brightness":
+            x = x * factor(0.35)
+        elif op == "contrast":
+            mean = float((x @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
+            x = (x - mean) * factor(0.35) + mean
+        elif op == "saturation":
+            grey = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+            x = (x - grey) * factor(0.5) + grey
+        elif op == "hue":
+            hsv = cv2.cvtColor(np.clip(x, 0, 1), cv2.COLOR_RGB2HSV)  # float: H in degrees
+            hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-15, 15) * s, 360.0)
+            x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        elif op == "gamma":
+            x = np.power(np.clip(x, 0, 1), float(np.exp(rng.uniform(-0.36, 0.36) * s)))
+        else:
+            x = x * (1.0 + rng.uniform(-0.1, 0.1, size=3) * s).astype(np.float32)
+        x = np.clip(x, 0.0, 1.0)
+    if rng.random() < 0.25:
+        sigma = float(rng.uniform(0.3, 0.3 + 0.9 * s))
+        x = cv2.GaussianBlur(x, (0, 0), sigma)
+    if rng.random() < 0.25:
+        x = x + rng.normal(0.0, rng.uniform(0, 5.0 * s) / 255.0, size=x.shape).astype(np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
 class SegmentDataset(Dataset):
     """CamVid-layout items, augmented (training) or whole (evaluation).
 
@@ -146,6 +210,7 @@ class SegmentDataset(Dataset):
         crop: ``(height, width)`` of training crops; ``None`` returns whole, unaugmented images.
         scale_range: random resize factor of training items.
         flip: random horizontal flips in training.
+        photometric: strength of :func:`photometric` in training (0: none).
         void: the ignored label (also what padding gets).
         seed: base seed; item ``i`` of epoch ``e`` uses ``default_rng([seed, e, i])``.
         cache: keep decoded images in memory (per worker process).
@@ -162,6 +227,7 @@ class SegmentDataset(Dataset):
         crop: tuple[int, int] | None = (360, 480),
         scale_range: tuple[float, float] = (0.5, 2.0),
         flip: bool = True,
+        photometric: float = 0.0,
         void: int = CAMVID_VOID,
         seed: int = 0,
         cache: bool = True,
@@ -173,6 +239,9 @@ class SegmentDataset(Dataset):
         self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.flip = flip
+        if photometric < 0:
+            raise ValueError(f"photometric must be >= 0, got {photometric}")
+        self.photometric = float(photometric)
         self.void = void
         self.seed = seed
         self.cache = cache
@@ -221,4 +290,6 @@ class SegmentDataset(Dataset):
         image, labels = image[y : y + ch, x : x + cw], labels[y : y + ch, x : x + cw]
         if self.flip and rng.random() < 0.5:
             image, labels = image[:, ::-1], labels[:, ::-1]
+        if self.photometric > 0:  # drawn last, so that crops match a run without it
+            image = photometric(np.ascontiguousarray(image), self.photometric, rng)
         return image, labels
