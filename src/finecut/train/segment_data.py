@@ -7,7 +7,7 @@ holding uint8 class ids (CamVid: 0..10, 11 = void, ignored by the loss and the m
 Training items are augmented as is usual on CamVid: random scale, random crop (padded with void
 where the scaled image is smaller than the crop) and horizontal flip; optionally photometric changes
 (:func:`photometric`: brightness, contrast, saturation, hue, gamma, white balance, blur, noise) so
-that the model sees light and cameras other than its few training sequences'. Every item is
+that the model sees other light and cameras than those of its few training sequences. Every item is
 deterministic given (seed, epoch, index): the key ``epoch * len(dataset) + index`` carries the
 epoch (what :class:`~finecut.train.embedding_data.EpochSampler` yields), so persistent DataLoader
 workers see new augmentations every epoch and a resumed run repeats nothing.
