@@ -67,13 +67,11 @@ def score(model, data: Path, split: str, limit: int | None) -> dict[str, float]:
     confusion = {name: np.zeros((num_classes, num_classes), np.int64) for name in SHIFTS}
     for index in range(len(dataset)):
         image, labels = dataset[index]
-        base = image.numpy().transpose(1, 2, 0)
+        base, truth = image.numpy().transpose(1, 2, 0), labels.numpy()
         for name in SHIFTS:
             x = torch.from_numpy(np.ascontiguousarray(shift(base, name).transpose(2, 0, 1)))
             pred = model(x.float().unsqueeze(0)).argmax(1)[0].numpy()
-            confusion[name] += semantic.confusion_matrix(
-                pred, labels.numpy(), num_classes, CAMVID_VOID
-            )
+            confusion[name] += semantic.confusion_matrix(pred, truth, num_classes, CAMVID_VOID)
     return {name: float(semantic.miou(c)[0]) for name, c in confusion.items()}
 
 

@@ -179,10 +179,10 @@ def photometric(image: np.ndarray, strength: float, rng: np.random.Generator) ->
         if op == "brightness":
             x = x * factor(0.35)
         elif op == "contrast":
-            mean = float((x @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
+            mean = float(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).mean())  # BT.601 luma
             x = (x - mean) * factor(0.35) + mean
         elif op == "saturation":
-            grey = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+            grey = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None]
             x = (x - grey) * factor(0.5) + grey
         elif op == "hue":
             hsv = cv2.cvtColor(np.clip(x, 0, 1), cv2.COLOR_RGB2HSV)  # float: H in degrees
