@@ -36,7 +36,8 @@ def soup(states: list[dict], weights: list[float]) -> dict:
     for k in keys:
         first = states[0][k]
         if first.is_floating_point():
-            out[k] = sum(w * s[k].double() for w, s in zip(weights, states, strict=True)).to(first.dtype)
+            total = sum(w * s[k].double() for w, s in zip(weights, states, strict=True))
+            out[k] = total.to(first.dtype)
         else:
             out[k] = first.clone()
     return out
@@ -46,8 +47,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights", nargs="+", help="two or more segmenter weights")
     ap.add_argument("-o", "--out", type=Path, required=True)
-    ap.add_argument("--alpha", type=float, default=None,
-                    help="with two inputs: the second one's weight (default: equal weights)")
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="with two inputs: the second one's weight (default: equal weights)",
+    )
     args = ap.parse_args()
     if len(args.weights) < 2:
         raise SystemExit("segment_soup: error: give at least two weights")
@@ -67,11 +72,19 @@ def main() -> None:
         raise SystemExit("segment_soup: error: the weights have different model configs")
     state = soup([m.state_dict() for m in models], mix)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"kind": "segment", "model": state, "step": 0, "epoch": 0,
-                "config": {"model": configs[0]},
-                "soup": {"weights": args.weights, "mix": mix}}, args.out)
-    print(f"wrote {args.out}: {' + '.join(f'{m:.3f} x {w}' for m, w in zip(mix, args.weights, strict=True))}",
-          file=sys.stderr)
+    torch.save(
+        {
+            "kind": "segment",
+            "model": state,
+            "step": 0,
+            "epoch": 0,
+            "config": {"model": configs[0]},
+            "soup": {"weights": args.weights, "mix": mix},
+        },
+        args.out,
+    )
+    parts = [f"{m:.3f} x {w}" for m, w in zip(mix, args.weights, strict=True)]
+    print(f"wrote {args.out}: {' + '.join(parts)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
