@@ -47,6 +47,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights", nargs="+", help="two or more segmenter weights")
     ap.add_argument("-o", "--out", type=Path, required=True)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument(
         "--alpha",
         type=float,
@@ -56,6 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.weights) < 2:
         raise SystemExit("segment_soup: error: give at least two weights")
+    if args.out.exists() and not args.overwrite:
+        raise SystemExit(f"segment_soup: error: {args.out} exists (pass --overwrite to replace it)")
     n = len(args.weights)
     if args.alpha is not None:
         if n != 2 or not 0.0 <= args.alpha <= 1.0:
