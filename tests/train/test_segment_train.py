@@ -246,6 +246,55 @@ def test_init_from_weights_model_only(camvid: Path, tmp_path: Path, caplog) -> N
     assert cfg.model == model.config and cfg.model.downsample == "strided"
 
 
+def test_init_adds_an_spn_head_that_starts_as_the_identity(
+    camvid: Path, tmp_path: Path, caplog
+) -> None:
+    from finecut.segment.predict import export_segmenter, load_segmenter
+    from finecut.train.segment import _init_model, with_spn_head
+
+    plain = SegmenterConfig(downsample="max")
+    source = train_segment(_cfg(camvid, tmp_path / "first", iters=2, model=plain))
+    exported = export_segmenter(source, tmp_path / "exported" / "seg")
+    init = load_segmenter(str(exported), device="cpu")
+
+    headed = replace(init.config, spn_head=True, spn_channels=8)
+    assert with_spn_head(init.config, headed) == headed
+    assert with_spn_head(init.config, init.config) is None  # no head asked for
+    assert with_spn_head(headed, headed) is None  # the init has one already
+    assert with_spn_head(init.config, replace(headed, decoder_channels=32)) is None
+
+    cfg = _cfg(camvid, tmp_path / "second", iters=2, init=str(exported), model=headed,
+               val_split=None)  # fmt: skip
+    model, run_cfg = _init_model(cfg, tmp_path / "second" / "last.pt", torch.device("cpu"))
+    assert run_cfg.model == headed and model.spn is not None
+    old = init.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith("spn."):
+            assert key not in old
+        else:
+            torch.testing.assert_close(value, old[key], atol=0, rtol=0)
+    model.eval()
+    image = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():  # the new head's last conv is zero: the same logits
+        torch.testing.assert_close(model(image), init(image), atol=1e-5, rtol=0)
+
+    # a run trains the head and keeps it on resume, with no init file any more
+    train_segment(replace(cfg, stop_at=1))
+    shutil.rmtree(tmp_path / "exported")
+    train_segment(cfg)
+    state = torch.load(tmp_path / "second" / "last.pt", weights_only=True)
+    assert state["step"] == 2 and state["config"]["model"]["spn_head"] is True
+    assert any(key.startswith("spn.") for key in state["model"])
+
+    # any other change of architecture still trains the init's own config, with a warning
+    other = replace(cfg, out=str(tmp_path / "third"), init=str(source),
+                    model=replace(headed, downsample="avg"))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        model, run_cfg = _init_model(other, tmp_path / "third" / "last.pt", torch.device("cpu"))
+    assert "its own model config" in caplog.text
+    assert model.spn is None and run_cfg.model == init.config
+
+
 def test_mfb_loss_trains_and_caches_weights(camvid: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "mfb"
     train_segment(_cfg(camvid, out, iters=1, loss="mfb", val_split=None))

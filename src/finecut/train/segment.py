@@ -78,6 +78,7 @@ __all__ = [
     "save_train_config",
     "segment_loss",
     "train_segment",
+    "with_spn_head",
 ]
 
 CHECKPOINT_KIND = "segment"
@@ -339,10 +340,37 @@ def _init_model(
     from finecut.segment.predict import load_segmenter
 
     model = load_segmenter(cfg.init, device=device)
+    grown = with_spn_head(model.config, cfg.model)
+    if grown is not None:
+        return _add_spn_head(model, grown, cfg, device), replace(cfg, model=grown)
     if cfg.model != model.config and cfg.model != SegmenterConfig():
         log.warning("--init %s: training its own model config, not the one given", cfg.init)
     log.info("initialised from %s", cfg.init)
     return model, replace(cfg, model=model.config)
+
+
+def with_spn_head(init: SegmenterConfig, given: SegmenterConfig) -> SegmenterConfig | None:
+    """``given`` when it is ``init`` plus an SPN head (``spn_head`` on, with any ``spn_channels``
+    and ``spn_normalize``, every other field equal), else None: the one change of architecture an
+    ``--init`` run may make, since the head starts as the identity (:class:`SPNHead`)."""
+    if init.spn_head or not given.spn_head:
+        return None
+    same = replace(
+        given, spn_head=False, spn_channels=init.spn_channels, spn_normalize=init.spn_normalize
+    )
+    return given if same == init else None
+
+
+def _add_spn_head(
+    model: Segmenter, grown: SegmenterConfig, cfg: SegmentTrainConfig, device: torch.device
+) -> Segmenter:
+    """``model``'s weights in a segmenter of config ``grown`` whose SPN head is new."""
+    bigger = Segmenter(grown, pretrained=False).to(device)
+    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("spn.") for key in missing):  # pragma: no cover
+        raise ConfigError(f"--init {cfg.init}: its weights do not fit the config with an SPN head")
+    log.info("initialised from %s, with a new SPN head (it starts as the identity)", cfg.init)
+    return bigger
 
 
 def train_segment(cfg: SegmentTrainConfig, *, progress: bool = False) -> Path:
