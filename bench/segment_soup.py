@@ -20,10 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from finecut.errors import FinecutError
 from finecut.segment.predict import load_segmenter
+from finecut.train.common import save_checkpoint
+from finecut.train.segment import CHECKPOINT_KIND
 
 
 def soup(states: list[dict], weights: list[float]) -> dict:
@@ -74,18 +74,18 @@ def main() -> None:
     if any(c != configs[0] for c in configs[1:]):
         raise SystemExit("segment_soup: error: the weights have different model configs")
     state = soup([m.state_dict() for m in models], mix)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "kind": "segment",
-            "model": state,
-            "step": 0,
-            "epoch": 0,
-            "config": {"model": configs[0]},
-            "soup": {"weights": args.weights, "mix": mix},
-        },
-        args.out,
-    )
+    checkpoint = {
+        "kind": CHECKPOINT_KIND,
+        "model": state,
+        "step": 0,
+        "epoch": 0,
+        "config": {"model": configs[0]},
+        "soup": {"weights": args.weights, "mix": mix},
+    }
+    try:
+        save_checkpoint(args.out, checkpoint)
+    except OSError as exc:
+        raise SystemExit(f"segment_soup: error: cannot write {args.out}: {exc}") from None
     parts = [f"{m:.3f} x {w}" for m, w in zip(mix, args.weights, strict=True)]
     print(f"wrote {args.out}: {' + '.join(parts)}", file=sys.stderr)
 
